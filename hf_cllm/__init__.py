@@ -1,0 +1,35 @@
+"""hf_cllm: Consistency LLMs and lossless Jacobi decoding on the Hugging Face stack.
+
+Names are imported lazily, so `import hf_cllm` stays cheap (no torch/transformers until a name is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+
+__version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "decoding": ["JacobiGenerateOutput", "jacobi_generate", "DEFAULT_JACOBI_N"],
+    "modeling": ["AutoCLLMForCausalLM", "JacobiGenerationMixin", "enable_jacobi", "set_default_jacobi_n"],
+}
+_NAME_TO_MODULE = {name: module for module, names in _LAZY.items() for name in names}
+__all__ = sorted(_NAME_TO_MODULE)
+
+if TYPE_CHECKING:
+    from .decoding import DEFAULT_JACOBI_N, JacobiGenerateOutput, jacobi_generate
+    from .modeling import AutoCLLMForCausalLM, JacobiGenerationMixin, enable_jacobi, set_default_jacobi_n
+
+
+def __getattr__(name: str):
+    if name not in _NAME_TO_MODULE:
+        raise AttributeError(f"module 'hf_cllm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_NAME_TO_MODULE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

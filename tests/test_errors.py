@@ -1,0 +1,78 @@
+"""Bad input gets a ValueError that names the argument and the fix."""
+
+import pytest
+import torch
+import transformers
+from tiny import random_prompts, tiny_model
+from transformers import AutoModelForCausalLM
+
+from hf_cllm import AutoCLLMForCausalLM, enable_jacobi, jacobi_generate
+
+
+@pytest.fixture
+def model():
+    return enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config)).eval()
+
+
+@pytest.fixture
+def input_ids():
+    return random_prompts(1, [5])[0]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "16", True])
+def test_jacobi_n_must_be_a_positive_int(model, input_ids, bad):
+    with pytest.raises(ValueError, match=r"`jacobi_n` must be a positive integer.*jacobi_n=16"):
+        model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n=bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(do_sample=True), r"`do_sample=False`"),
+        (dict(num_beams=2), r"`num_beams=1`"),
+        (dict(prompt_lookup_num_tokens=3), r"assisted decoding"),
+        (dict(use_cache=False), r"use_cache=False"),
+        (dict(return_dict_in_generate=True, output_attentions=True), r"output_attentions"),
+        (dict(jacobi_init="zeros"), r"`jacobi_init` must be one of"),
+    ],
+)
+def test_unsupported_modes_are_refused(model, input_ids, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n=4, **kwargs)
+
+
+def test_assistant_model_is_refused(model, input_ids):
+    with pytest.raises(ValueError, match="assistant_model"):
+        model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n=4, assistant_model=tiny_model("llama"))
+
+
+def test_stop_strings_without_tokenizer(model, input_ids):
+    with pytest.raises(ValueError, match="tokenizer="):
+        model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n=4, stop_strings=["x"])
+
+
+def test_jacobi_options_without_jacobi_n(model, input_ids):
+    with pytest.raises(ValueError, match="pass `jacobi_n` too"):
+        model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_init="pad")
+
+
+def test_encoder_decoder_models_are_refused():
+    config = transformers.T5Config(
+        vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, decoder_start_token_id=0
+    )
+    t5 = transformers.T5ForConditionalGeneration(config).eval()
+    with pytest.raises(ValueError, match="decoder-only"):
+        enable_jacobi(t5)
+    with pytest.raises(ValueError, match="decoder-only"):
+        t5.generate(input_ids=torch.ones(1, 3, dtype=torch.long), custom_generate=jacobi_generate, jacobi_n=4)
+
+
+def test_a_cache_that_cannot_roll_back_is_refused(model, input_ids, monkeypatch):
+    monkeypatch.setattr(transformers.DynamicCache, "is_croppable", property(lambda self: False))
+    with pytest.raises(ValueError, match="roll back rejected guesses"):
+        model.generate(input_ids=input_ids, max_new_tokens=8, jacobi_n=4)
+
+
+def test_auto_class_is_not_instantiated_directly():
+    with pytest.raises(OSError, match="from_pretrained"):
+        AutoCLLMForCausalLM()

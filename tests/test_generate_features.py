@@ -1,0 +1,290 @@
+"""What `generate` users rely on works the same with `jacobi_n`: processors, stopping, streaming, scores, the cache."""
+
+import pytest
+import torch
+from tiny import EOS, PAD, random_prompts, tiny_model, tiny_tokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+from transformers.generation.streamers import BaseStreamer
+
+from hf_cllm import AutoCLLMForCausalLM, enable_jacobi, jacobi_generate
+from hf_cllm.speed import count_forwards
+
+
+@pytest.fixture
+def model():
+    """A fresh Jacobi-enabled tiny Llama (fresh, because tests change its class and config)."""
+    return enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config)).eval()
+
+
+def both(model, input_ids, attention_mask=None, jacobi_n=4, jacobi_init="random", **kwargs):
+    """(greedy, jacobi) outputs of the same call."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, **kwargs)
+    return model.generate(**kwargs), model.generate(jacobi_n=jacobi_n, jacobi_init=jacobi_init, **kwargs)
+
+
+def oracle_init(reference, corrupt_every=None):
+    """A `jacobi_init` that guesses from the known greedy answer (a test hook), optionally with wrong tokens mixed in."""
+
+    def guesses(input_ids, count):
+        start = input_ids.shape[1]
+        known = reference[:, start : start + count]
+        filler = torch.full((known.shape[0], count - known.shape[1]), 5, dtype=torch.long)
+        guess = torch.cat([known, filler], dim=1)
+        if corrupt_every:
+            guess[:, corrupt_every - 1 :: corrupt_every] = 7
+        return guess
+
+    return guesses
+
+
+@pytest.mark.parametrize(
+    "processor_kwargs",
+    [
+        dict(repetition_penalty=1.8),
+        dict(no_repeat_ngram_size=2),
+        dict(bad_words_ids=[[10], [11, 12]]),
+        dict(min_new_tokens=8, eos_token_id=None),  # EOS chosen below
+        dict(repetition_penalty=1.3, no_repeat_ngram_size=3, min_new_tokens=4),
+    ],
+)
+def test_logits_processors_see_each_positions_own_prefix(model, processor_kwargs):
+    input_ids, attention_mask = random_prompts(2, [5, 9], seed=11)
+    kwargs = dict(processor_kwargs)
+    if "eos_token_id" in kwargs:  # make EOS likely early so that min_new_tokens has something to hold back
+        plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, eos_token_id=None)
+        kwargs["eos_token_id"] = int(plain[0, input_ids.shape[1] + 2])
+    # An oracle init makes multi-token acceptance happen, so processors really run on hypothetical prefixes.
+    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, **kwargs)
+    expected, got = both(
+        model, input_ids, attention_mask, max_new_tokens=30, jacobi_init=oracle_init(reference, 4), **kwargs
+    )
+    assert torch.equal(got, expected)
+
+
+def test_scores_and_logits_match_greedy(model):
+    input_ids, _ = random_prompts(1, [6], seed=12)
+    common = dict(max_new_tokens=14, return_dict_in_generate=True, output_scores=True, output_logits=True)
+    expected, got = both(model, input_ids, repetition_penalty=1.5, **common)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert len(got.scores) == len(expected.scores) == 14
+    for ours, theirs in zip(got.scores + got.logits, expected.scores + expected.logits):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    transition = model.compute_transition_scores(got.sequences, got.scores, normalize_logits=True)
+    assert transition.shape == (1, 14)
+
+
+def test_max_new_tokens_and_max_length_are_exact(model):
+    input_ids, attention_mask = random_prompts(2, [4, 7], seed=13)
+    for kwargs in (dict(max_new_tokens=1), dict(max_new_tokens=5), dict(max_new_tokens=17), dict(max_length=9)):
+        expected, got = both(model, input_ids, attention_mask, jacobi_n=8, eos_token_id=None, **kwargs)
+        assert torch.equal(got, expected)
+    # An oracle never lets a block overshoot the budget either.
+    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, eos_token_id=None)
+    got = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=11, eos_token_id=None,
+        jacobi_n=16, jacobi_init=oracle_init(reference),
+    )
+    assert got.shape[1] == input_ids.shape[1] + 11
+    assert torch.equal(got, reference[:, : got.shape[1]])
+
+
+def test_several_eos_ids_and_pad_token(model):
+    input_ids, attention_mask = random_prompts(3, [3, 8, 5], seed=14)
+    plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=16, eos_token_id=None)
+    new = plain[:, input_ids.shape[1] :]
+    eos_ids = [int(new[0, 4]), int(new[1, 9]), EOS]
+    expected, got = both(model, input_ids, attention_mask, max_new_tokens=16, eos_token_id=eos_ids, pad_token_id=PAD)
+    assert torch.equal(got, expected)
+
+
+class StopAfterToken(StoppingCriteria):
+    """Stops a row once `token` appears among its last `window` tokens (a user criterion that looks at the prefix)."""
+
+    def __init__(self, token, window=1):
+        self.token, self.window = token, window
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return (input_ids[:, -self.window :] == self.token).any(-1)
+
+
+def test_user_stopping_criteria(model):
+    input_ids, attention_mask = random_prompts(2, [5, 5], seed=15)
+    plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=20, eos_token_id=None)
+    token = int(plain[1, input_ids.shape[1] + 6])
+    criteria = StoppingCriteriaList([StopAfterToken(token)])
+    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30)
+    for init in ("random", oracle_init(reference)):
+        for eos in (None, EOS):  # without EOS, finished rows keep generating real tokens (as in `_sample`)
+            expected, got = both(
+                model, input_ids, attention_mask, max_new_tokens=20, stopping_criteria=criteria, eos_token_id=eos,
+                jacobi_init=init,
+            )
+            assert torch.equal(got, expected)
+
+
+def test_stop_strings_with_tokenizer():
+    tokenizer = tiny_tokenizer()
+    model = enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config)).eval()
+    input_ids, attention_mask = random_prompts(1, [6], seed=16)
+    plain = model.generate(input_ids=input_ids, max_new_tokens=20, eos_token_id=None)
+    stop = tokenizer.decode(plain[0, input_ids.shape[1] + 5 : input_ids.shape[1] + 7])
+    assert stop.strip()
+    expected, got = both(model, input_ids, max_new_tokens=20, stop_strings=[stop], tokenizer=tokenizer)
+    assert torch.equal(got, expected)
+    assert got.shape[1] < input_ids.shape[1] + 20
+
+
+class Recorder(BaseStreamer):
+    def __init__(self):
+        self.values, self.ended = [], 0
+
+    def put(self, value):
+        self.values.append(value.clone())
+
+    def end(self):
+        self.ended += 1
+
+
+def test_streamer_receives_the_same_pushes_as_greedy(model):
+    input_ids, attention_mask = random_prompts(2, [4, 9], seed=17)
+    streams = []
+    for jacobi_n in (None, 5):
+        recorder = Recorder()
+        model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, streamer=recorder, jacobi_n=jacobi_n
+        )
+        assert recorder.ended == 1
+        streams.append(recorder.values)
+    assert len(streams[0]) == len(streams[1])
+    assert all(torch.equal(a, b) for a, b in zip(*streams))
+
+
+def test_text_iterator_streamer_ends():
+    tokenizer = tiny_tokenizer()
+    model = enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config)).eval()
+    input_ids, _ = random_prompts(1, [6], seed=18)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=30)
+    out = model.generate(input_ids=input_ids, max_new_tokens=10, streamer=streamer, jacobi_n=4)
+    text = "".join(streamer)  # would hang (then time out) without `end()`
+    assert text == tokenizer.decode(out[0, input_ids.shape[1] :])
+
+
+def test_continue_from_the_returned_cache(model):
+    input_ids, attention_mask = random_prompts(2, [5, 8], seed=19)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=9, return_dict_in_generate=True)
+    first_greedy = model.generate(**kwargs)
+    first = model.generate(**kwargs, jacobi_n=4)
+    assert first.cache.get_seq_length() == first.sequences.shape[1] - 1  # like `_sample`: all but the last token
+    mask = torch.cat([attention_mask, attention_mask.new_ones(2, 9)], dim=1)
+    expected = model.generate(
+        input_ids=first_greedy.sequences, attention_mask=mask, cache=first_greedy.cache, max_new_tokens=7
+    )
+    got = model.generate(input_ids=first.sequences, attention_mask=mask, cache=first.cache, max_new_tokens=7, jacobi_n=4)
+    assert torch.equal(got, expected)
+
+
+def test_user_supplied_cache(model):
+    input_ids, _ = random_prompts(1, [7], seed=20)
+    expected = model.generate(input_ids=input_ids, max_new_tokens=10, cache=DynamicCache(config=model.config))
+    got = model.generate(input_ids=input_ids, max_new_tokens=10, cache=DynamicCache(config=model.config), jacobi_n=3)
+    assert torch.equal(got, expected)
+
+
+def test_acceptance_with_oracle_guesses_counts_forwards_and_crops_the_cache(model):
+    """Random tiny models accept ~1 token per step; guesses from the known answer make blocks converge early."""
+    input_ids, attention_mask = random_prompts(2, [6, 4], seed=21)
+    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=60, eos_token_id=None)
+    for jacobi_n, corrupt_every in ((2, None), (4, 5), (8, 5), (16, 5), (16, None)):
+        with count_forwards(model) as calls:
+            out = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=60, eos_token_id=None,
+                jacobi_n=jacobi_n, jacobi_init=oracle_init(reference, corrupt_every), return_dict_in_generate=True,
+            )
+        assert torch.equal(out.sequences, reference)
+        assert out.num_forward_passes.tolist() == [calls[0]] * 2
+        assert out.num_new_tokens.tolist() == [60, 60]
+        assert out.cache.get_seq_length() == out.sequences.shape[1] - 1
+        assert (out.tokens_per_forward > 1.3).all()
+        assert all(1 <= it <= jacobi_n for it in out.iterations_per_block[0])
+        if corrupt_every is None:  # perfect guesses: every block settles in one forward
+            assert set(out.iterations_per_block[0]) == {1}
+            assert calls[0] == 1 + -(-59 // jacobi_n)
+
+
+def test_random_model_statistics_are_consistent(model):
+    input_ids, attention_mask = random_prompts(1, [5], seed=22)
+    with count_forwards(model) as calls:
+        out = model.generate(
+            input_ids=input_ids, max_new_tokens=20, eos_token_id=None, jacobi_n=4, return_dict_in_generate=True
+        )
+    assert int(out.num_forward_passes[0]) == calls[0]
+    # Each iteration settles at least one token, so at most one forward per token (the prefill gives the first).
+    assert 1.0 <= float(out.tokens_per_forward[0]) and calls[0] <= 20
+    assert sum(out.iterations_per_block[0]) == calls[0] - 1
+
+
+def test_jacobi_n_1_is_plain_greedy(model):
+    input_ids, _ = random_prompts(1, [5], seed=23)
+    out = model.generate(input_ids=input_ids, max_new_tokens=10, jacobi_n=1, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, model.generate(input_ids=input_ids, max_new_tokens=10))
+    assert float(out.tokens_per_forward[0]) == 1.0
+    assert out.iterations_per_block[0] == [1] * 9
+
+
+@pytest.mark.parametrize("init", ["random", "pad"])
+def test_initialisations_are_lossless_and_random_is_seeded(model, init):
+    input_ids, attention_mask = random_prompts(2, [5, 8], seed=24)
+    runs = [
+        model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=20, jacobi_n=6, jacobi_init=init,
+            jacobi_seed=3, return_dict_in_generate=True,
+        )
+        for _ in range(2)
+    ]
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=20)
+    assert all(torch.equal(run.sequences, expected) for run in runs)
+    assert runs[0].iterations_per_block == runs[1].iterations_per_block
+
+
+def test_custom_generate_callable_on_an_untouched_model():
+    model = tiny_model("gpt2")
+    input_ids, attention_mask = random_prompts(2, [4, 6], seed=25)
+    expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12)
+    got = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, custom_generate=jacobi_generate,
+        jacobi_n=5, return_dict_in_generate=True,
+    )
+    assert torch.equal(got.sequences, expected)
+    assert got.num_forward_passes is not None
+
+
+def test_jacobi_n_in_generation_config_survives_save_and_load(tmp_path):
+    model = enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config), jacobi_n=6).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoCLLMForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.generation_config.jacobi_n == 6
+    input_ids, _ = random_prompts(1, [5], seed=26)
+    out = reloaded.generate(input_ids=input_ids, max_new_tokens=8, return_dict_in_generate=True)
+    assert out.num_forward_passes is not None  # Jacobi, with the saved block size
+    # The checkpoint is an ordinary one: plain transformers loads it as the base architecture.
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(plain).__name__ == "LlamaForCausalLM" and not hasattr(plain, "_jacobi")
+    assert torch.equal(plain.generate(input_ids=input_ids, max_new_tokens=8), out.sequences)
+    # A block size from the config gives way to sampling instead of refusing it.
+    sampled = reloaded.generate(input_ids=input_ids, max_new_tokens=4, do_sample=True)
+    assert sampled.shape == (1, 9)
+
+
+def test_generation_config_object_carries_jacobi_n(model):
+    input_ids, _ = random_prompts(1, [5], seed=27)
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=PAD, eos_token_id=EOS)
+    config.jacobi_n = 3
+    out = model.generate(input_ids=input_ids, generation_config=config, return_dict_in_generate=True)
+    assert out.iterations_per_block is not None and max(out.iterations_per_block[0]) <= 3
