@@ -43,12 +43,17 @@ class JacobiGenerateOutput(GenerateDecoderOnlyOutput):
         iterations_per_block (`list[list[int]]`):
             For each row, the Jacobi iterations (forward passes) each of its n-token blocks took to reach its fixed
             point; at most n, and 1 when every guess was already right.
+        jacobi_states (`list[torch.LongTensor]`, *optional*, returned with `jacobi_return_states=True`):
+            The Jacobi trajectory: for each block (shared by the batch), a tensor `(num_states, batch_size, n)` of the
+            block's state before every iteration, from the initial guess to the fixed point (the last state). A
+            block cut short by `max_length` or by every row stopping has fewer than n columns.
     """
 
     num_forward_passes: torch.LongTensor | None = None
     num_new_tokens: torch.LongTensor | None = None
     tokens_per_forward: torch.FloatTensor | None = None
     iterations_per_block: list[list[int]] | None = None
+    jacobi_states: list[torch.LongTensor] | None = None
 
 
 def validate_jacobi_n(jacobi_n) -> int:
@@ -197,6 +202,7 @@ def jacobi_generate(
     jacobi_n: int | None = None,
     jacobi_init: str | GuessFn = "random",
     jacobi_seed: int = 0,
+    jacobi_return_states: bool = False,
     **model_kwargs,
 ):
     """Greedy Jacobi decoding, token-identical to `generate(do_sample=False)`.
@@ -217,6 +223,8 @@ def jacobi_generate(
             Only speed depends on it, never the output.
         jacobi_seed (`int`, *optional*, defaults to 0):
             Seed of the `"random"` initialisation.
+        jacobi_return_states (`bool`, *optional*, defaults to `False`):
+            With `return_dict_in_generate=True`, also return every state of every block (`jacobi_states`).
     """
     if jacobi_n is None:
         jacobi_n = getattr(generation_config, "jacobi_n", None) or DEFAULT_JACOBI_N
@@ -244,6 +252,8 @@ def jacobi_generate(
     num_new_tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
     num_blocks = torch.zeros(batch_size, dtype=torch.long, device=device)
     iterations_per_block: list[int] = []
+    record_states = jacobi_return_states and generation_config.return_dict_in_generate
+    block_states, jacobi_states, block_start = [], [], 0
 
     # Prefill: the prompt goes into the model's own cache once. Its last prediction is the first new token; it goes
     # through the same acceptance code as a window of length 1 without guesses, which belongs to no block.
@@ -261,6 +271,9 @@ def jacobi_generate(
         num_forward_passes += unfinished
         block_iterations += 1
         length = window.shape[1]
+        if record_states and in_block:
+            # A block's state: its tokens settled so far (from the token that opened it) and the window's guesses.
+            block_states.append(torch.cat([input_ids[:, block_start:], window[:, 1:]], dim=1))
         if length > 1 and not checked_croppable:
             if not cache.is_croppable:
                 raise ValueError(
@@ -296,10 +309,15 @@ def jacobi_generate(
         stop = all_stopped_at < accepted or (max_length is not None and input_ids.shape[1] >= max_length)
         if in_block and (block_done or stop):
             iterations_per_block.append(block_iterations)
+            if record_states:
+                block_states.append(input_ids[:, block_start : block_start + block_size])  # the fixed point
+                width = min(state.shape[1] for state in block_states)
+                jacobi_states.append(torch.stack([state[:, :width] for state in block_states]))
+                block_states = []
         if stop:
             break
         if block_done:
-            in_block, block_iterations = True, 0
+            in_block, block_iterations, block_start = True, 0, input_ids.shape[1] - 1
             num_blocks += unfinished
             guesses = input_ids[:, :0]
             if block_size > 1:
@@ -332,6 +350,7 @@ def jacobi_generate(
         num_new_tokens=num_new_tokens,
         tokens_per_forward=num_new_tokens / num_forward_passes.clamp(min=1),
         iterations_per_block=[iterations_per_block[:count] for count in num_blocks.tolist()],
+        jacobi_states=jacobi_states if record_states else None,
     )
 
 

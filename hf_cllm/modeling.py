@@ -24,7 +24,7 @@ class JacobiGenerationMixin:
     """
 
     def generate(self, inputs=None, generation_config=None, *, jacobi_n=None, streamer=None, **kwargs):
-        jacobi_kwargs = {key: kwargs.pop(key) for key in ("jacobi_init", "jacobi_seed") if key in kwargs}
+        jacobi_kwargs = {key: kwargs.pop(key) for key in ("jacobi_init", "jacobi_seed", "jacobi_return_states") if key in kwargs}
         if kwargs.get("custom_generate") is not None:  # the caller picked the decoding method: pass everything on
             if jacobi_n is not None:
                 kwargs["jacobi_n"] = jacobi_n

@@ -288,3 +288,23 @@ def test_generation_config_object_carries_jacobi_n(model):
     config.jacobi_n = 3
     out = model.generate(input_ids=input_ids, generation_config=config, return_dict_in_generate=True)
     assert out.iterations_per_block is not None and max(out.iterations_per_block[0]) <= 3
+
+
+def test_returned_states_form_block_trajectories(model):
+    input_ids, attention_mask = random_prompts(2, [5, 7], seed=28)
+    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=40, eos_token_id=None)
+    early_eos = int(reference[0, input_ids.shape[1] + 12])
+    for init, eos in (("random", None), (oracle_init(reference, 3), None), ("random", early_eos)):
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, eos_token_id=eos, jacobi_n=8,
+            jacobi_init=init, jacobi_return_states=True, return_dict_in_generate=True,
+        )
+        prompt = input_ids.shape[1]
+        assert len(out.jacobi_states) == len(out.iterations_per_block[0])
+        for block, (states, iterations) in enumerate(zip(out.jacobi_states, out.iterations_per_block[0])):
+            assert states.shape[0] == iterations + 1  # one state per iteration, then the fixed point
+            start = prompt + block * 8
+            # The fixed point is the greedy answer's block, and every state starts with the block's known token.
+            assert torch.equal(states[-1], out.sequences[:, start : start + states.shape[2]])
+            assert (states[:, :, 0] == out.sequences[:, start]).all()
+            assert states.shape[2] == 8 or block == len(out.jacobi_states) - 1
