@@ -22,29 +22,13 @@ from transformers import AutoTokenizer
 
 from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
+from hf_cllm.cli.demo import DEMO_QUESTIONS
 from hf_cllm.speed import MethodSummary, timed_generate
-
-
-# GSM8K-style word problems written for this benchmark; pass --prompts to use the real test set instead.
-BUILTIN_QUESTIONS = [
-    "A baker makes 24 muffins every morning. He sells 15 of them and gives 3 to his neighbours. How many muffins are left at the end of the day?",
-    "Tom has 3 boxes with 12 pencils each. He gives 8 pencils to his sister. How many pencils does Tom have now?",
-    "A train travels 60 miles per hour for 3 hours and then 40 miles per hour for 2 hours. How far does it travel in total?",
-    "Sara earns $15 an hour and works 6 hours a day for 5 days. She spends $120 on groceries. How much money does she have left?",
-    "A garden has 8 rows of tomato plants with 7 plants in each row. Each plant gives 4 tomatoes. How many tomatoes does the garden give?",
-    "Mike read 20 pages on Monday, twice as many on Tuesday and 15 pages on Wednesday. How many pages did he read in total?",
-    "A school has 450 students. One third of them take the bus and 120 walk. The rest come by car. How many students come by car?",
-    "A shop sells apples for $2 each and oranges for $3 each. Anna buys 5 apples and 4 oranges. How much does she pay?",
-    "A water tank holds 500 litres. It loses 25 litres a day. After how many days is the tank half full?",
-    "Lisa is 4 years older than her brother. In 6 years the sum of their ages will be 40. How old is Lisa now?",
-    "A farmer has 36 cows and buys 14 more. He then sells half of all his cows. How many cows does he have now?",
-    "A pizza is cut into 8 slices. Four friends order 3 pizzas and each eats the same number of slices. How many slices does each friend eat?",
-]
 
 
 def load_questions(path: str | None, count: int) -> list[str]:
     if path is None:
-        return BUILTIN_QUESTIONS[:count]
+        return DEMO_QUESTIONS[:count]
     with open(path) as handle:
         return [json.loads(line)["question"] for line in handle if line.strip()][:count]
 

@@ -50,10 +50,15 @@ class Run:
     tokens: torch.Tensor
     seconds: float
     forwards: int
+    output: object = None  # what `generate` returned
 
     @property
     def tpf(self) -> float:
         return len(self.tokens) / max(self.forwards, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds
 
 
 def timed_generate(model, inputs: dict, eos_token_ids, **generate_kwargs) -> Run:
@@ -66,7 +71,7 @@ def timed_generate(model, inputs: dict, eos_token_ids, **generate_kwargs) -> Run
         _synchronize(model.device)
         seconds = time.perf_counter() - start
     sequences = out.sequences if hasattr(out, "sequences") else out
-    return Run(new_tokens_to_eos(sequences[0], prompt_length, eos_token_ids), seconds, calls[0])
+    return Run(new_tokens_to_eos(sequences[0], prompt_length, eos_token_ids), seconds, calls[0], out)
 
 
 @dataclass

@@ -1,0 +1,4 @@
+from hf_cllm.cli import main
+
+
+raise SystemExit(main())

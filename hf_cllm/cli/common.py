@@ -1,0 +1,106 @@
+"""What every subcommand shares: model resolution (`--model`, `--device`, `--dtype`, `--threads`) and errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..assets import EMBEDDED_MODEL_NAME, EmbeddedModelMissing, embedded_model_dir
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", default=EMBEDDED_MODEL_NAME,
+        help=f"Hub id, local model folder, or {EMBEDDED_MODEL_NAME!r}, the embedded default (works offline)",
+    )
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="auto: float32 on CPU (exact comparisons), bfloat16 on GPU")
+    group.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
+
+
+def resolve_model_path(name: str) -> str:
+    """The embedded name -> its converted folder; a local folder -> itself; anything else is a Hub id."""
+    if name == EMBEDDED_MODEL_NAME:
+        try:
+            return str(embedded_model_dir())
+        except EmbeddedModelMissing as missing:
+            raise CLIError(str(missing)) from None
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise CLIError(f"--model {name}: this folder holds no config.json, so it is not a transformers model")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CLIError(f"--model {name}: no such folder")
+    return name
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise CLIError(f"--device {device}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available on this machine; use --device cpu (or auto)")
+    return resolved
+
+
+def load_model_and_tokenizer(args):
+    """Load `args.model` with Jacobi decoding enabled, on `args.device` in `args.dtype`, plus its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..modeling import AutoCLLMForCausalLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "float32" if device.type == "cpu" else "bfloat16"
+    path = resolve_model_path(args.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoCLLMForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        hint = " The Hub is offline here (HF_HUB_OFFLINE=1)." if offline else ""
+        raise CLIError(
+            f"--model {args.model}: could not load it ({str(error).splitlines()[0]}).{hint} Pass a local model "
+            f"folder, a Hub id, or {EMBEDDED_MODEL_NAME!r}."
+        ) from None
+    return model.to(device).eval(), tokenizer
+
+
+def encode_prompt(tokenizer, text: str, chat: bool, device):
+    """Token ids of one prompt, through the chat template when asked (and refused when there is none)."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise CLIError("--chat: this model's tokenizer has no chat template; drop --chat to use the raw prompt")
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    else:
+        inputs = tokenizer(text, return_tensors="pt")
+    return {key: value.to(device) for key, value in inputs.items()}

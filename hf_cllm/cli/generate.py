@@ -1,0 +1,45 @@
+"""Generate from one prompt with Jacobi decoding, streaming the text as blocks converge, then the statistics."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .common import add_model_arguments, encode_prompt, load_model_and_tokenizer, positive_int
+
+
+HELP = "generate from your own prompt with Jacobi decoding (streamed), then print the statistics"
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", required=True, help="the prompt text")
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    parser.add_argument("--jacobi-n", type=positive_int, default=16, help="block size n (1: plain greedy)")
+    parser.add_argument("--jacobi-init", default="random", choices=["random", "pad"], help="initial guesses")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=256)
+
+
+def run(args) -> int:
+    from transformers import TextStreamer
+
+    if not args.prompt.strip():
+        from .common import CLIError
+
+        raise CLIError("--prompt is empty; give the text to continue")
+    model, tokenizer = load_model_and_tokenizer(args)
+    inputs = encode_prompt(tokenizer, args.prompt, args.chat, model.device)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    start = time.perf_counter()
+    out = model.generate(
+        **inputs, max_new_tokens=args.max_new_tokens, jacobi_n=args.jacobi_n, jacobi_init=args.jacobi_init,
+        streamer=streamer, return_dict_in_generate=True,
+    )
+    seconds = time.perf_counter() - start
+    tokens, forwards = int(out.num_new_tokens[0]), int(out.num_forward_passes[0])
+    print(
+        f"\n[{tokens} tokens in {forwards} forward passes: TPF {tokens / forwards:.2f}, {tokens / seconds:.1f} tokens/s; "
+        f"iterations per block of {args.jacobi_n}: {out.iterations_per_block[0]}]",
+        file=sys.stderr,
+    )
+    return 0
