@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
@@ -23,6 +24,7 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if ad
 def tiny_folder(tmp_path_factory):
     """A tiny Llama with a tokenizer and chat template, saved like any local model folder."""
     folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_model("llama").config).save_pretrained(folder)
     tokenizer = copy.deepcopy(tiny_tokenizer())  # the cached one is shared: keep it template-free
     tokenizer.chat_template = CHAT_TEMPLATE

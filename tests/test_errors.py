@@ -11,6 +11,7 @@ from hf_cllm import AutoCLLMForCausalLM, enable_jacobi, jacobi_generate
 
 @pytest.fixture
 def model():
+    torch.manual_seed(0)
     return enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config)).eval()
 
 
