@@ -86,6 +86,10 @@ def _check_supported(model, generation_config) -> None:
         )
     if generation_config.use_cache is False:
         raise ValueError("`jacobi_n` needs the KV cache: drop `use_cache=False` or drop `jacobi_n`.")
+    if generation_config.guidance_scale is not None and generation_config.guidance_scale != 1:
+        raise ValueError(
+            "`guidance_scale` runs its own forward per new token and cannot follow Jacobi windows: drop it or `jacobi_n`."
+        )
     if generation_config.output_attentions or generation_config.output_hidden_states:
         raise ValueError(
             "`output_attentions`/`output_hidden_states` are not supported with `jacobi_n`; drop them or `jacobi_n`."
@@ -110,11 +114,11 @@ def _guess_fn(jacobi_init, jacobi_seed: int, pad_token_id, device) -> Callable:
     generator = torch.Generator(device=device).manual_seed(jacobi_seed)
 
     def random_from_context(input_ids, attention_mask, k):
-        if attention_mask is None:
-            idx = torch.randint(0, input_ids.shape[1], (input_ids.shape[0], k), generator=generator, device=device)
-        else:
-            idx = torch.multinomial(attention_mask.float(), k, replacement=True, generator=generator)
-        return input_ids.gather(1, idx)
+        # Padding is on the left, so a row's own tokens are its last `valid` ones.
+        width = input_ids.shape[1]
+        valid = attention_mask.sum(-1, keepdim=True) if attention_mask is not None else torch.full_like(input_ids[:, :1], width)
+        offsets = (torch.rand(input_ids.shape[0], k, generator=generator, device=device) * valid).long()
+        return input_ids.gather(1, width - valid + offsets)
 
     return random_from_context
 
@@ -230,6 +234,8 @@ def jacobi_generate(
         jacobi_n = getattr(generation_config, "jacobi_n", None) or DEFAULT_JACOBI_N
     block_size = validate_jacobi_n(jacobi_n)
     _check_supported(model, generation_config)
+    if model_kwargs.get("inputs_embeds") is not None:
+        raise ValueError("`jacobi_n` needs `input_ids`; generation from `inputs_embeds` is not supported with it.")
 
     batch_size, device = input_ids.shape[0], input_ids.device
     # Finished rows are padded only when there is an EOS criterion, exactly as `_sample` does.
@@ -237,7 +243,8 @@ def jacobi_generate(
     pad = generation_config._pad_token_tensor.to(device) if has_eos else None
     eos_ids = None
     if has_eos:
-        eos_ids = torch.cat([c.eos_token_id.to(device).flatten() for c in stopping_criteria if hasattr(c, "eos_token_id")])
+        eos_ids = [c.eos_token_id.to(device).flatten() for c in stopping_criteria if isinstance(c, EosTokenCriteria)]
+        eos_ids = torch.cat(eos_ids) if eos_ids else None
     # EOS and max length are checked for the whole window at once; other criteria see the sequence grow stepwise.
     stepwise = any(not isinstance(c, (EosTokenCriteria, MaxLengthCriteria)) for c in stopping_criteria)
     max_length = stopping_criteria.max_length
@@ -258,80 +265,82 @@ def jacobi_generate(
     # Prefill: the prompt goes into the model's own cache once. Its last prediction is the first new token; it goes
     # through the same acceptance code as a window of length 1 without guesses, which belongs to no block.
     outputs = model._prefill(input_ids, generation_config, model_kwargs)
-    cache = outputs.cache
+    cache = outputs.get("cache")
     if cache is None:
         raise ValueError(f"`jacobi_n` needs a KV cache, and {type(model).__name__} returned none. Drop `jacobi_n`.")
+    # Some layers (linear attention) only know after their first update whether they can roll back.
+    if block_size > 1 and not cache.is_croppable:
+        raise ValueError(
+            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's {type(cache).__name__} "
+            "cannot. Drop `jacobi_n` for this model."
+        )
     # Sliding-window layers drop old states on update; recording keeps them until `crop`, so rejected guesses can be
     # rolled back (as assisted decoding does).
     cache.activate_past_recording()
     window, logits = input_ids[:, -1:], outputs.logits[:, -1:]
-    in_block, block_iterations, checked_croppable = False, 0, False
+    in_block, block_iterations = False, 0
 
-    while True:
-        num_forward_passes += unfinished
-        block_iterations += 1
-        length = window.shape[1]
-        if record_states and in_block:
-            # A block's state: its tokens settled so far (from the token that opened it) and the window's guesses.
-            block_states.append(torch.cat([input_ids[:, block_start:], window[:, 1:]], dim=1))
-        if length > 1 and not checked_croppable:
-            if not cache.is_croppable:
-                raise ValueError(
-                    f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
-                    f"{type(cache).__name__} cannot. Drop `jacobi_n` for this model."
-                )
-            checked_croppable = True
-        pred, step_scores, step_logits = _greedy_predictions(logits, logits_processor, input_ids, window)
-        emitted, unfinished_after, accepted, all_stopped_at = _settle(
-            window, pred, unfinished, input_ids, stopping_criteria, eos_ids, pad, stepwise
-        )
-        accepted, all_stopped_at = torch.stack([accepted, all_stopped_at]).tolist()  # the one host sync per step
-        keep = min(accepted, all_stopped_at + 1)
+    with model._optimize_model_for_decode():  # what `_sample` does for decoding (e.g. MoE kernels)
+        while True:
+            num_forward_passes += unfinished
+            block_iterations += 1
+            length = window.shape[1]
+            if record_states and in_block:
+                # A block's state: its tokens settled so far (from the token that opened it) and the window's guesses.
+                block_states.append(torch.cat([input_ids[:, block_start:], window[:, 1:]], dim=1))
+            pred, step_scores, step_logits = _greedy_predictions(logits, logits_processor, input_ids, window)
+            emitted, unfinished_after, accepted, all_stopped_at = _settle(
+                window, pred, unfinished, input_ids, stopping_criteria, eos_ids, pad, stepwise
+            )
+            accepted, all_stopped_at = torch.stack([accepted, all_stopped_at]).tolist()  # the one host sync per step
+            keep = min(accepted, all_stopped_at + 1)
 
-        tokens = emitted[:, :keep]
-        live = torch.cat([unfinished[:, None], unfinished_after[:, :-1]], dim=1)[:, :keep]
-        num_new_tokens += live.sum(-1)
-        input_ids = torch.cat([input_ids, tokens], dim=1)
-        unfinished = unfinished_after[:, keep - 1]
-        if want_scores:
-            scores.extend(step_scores[:, j] for j in range(keep))
-        if want_logits:
-            raw_logits.extend(step_logits[:, j] for j in range(keep))
-        if streamer is not None:
-            for column in tokens.cpu().unbind(1):
-                streamer.put(column)
-        # Keep the KV of the `keep` window tokens whose inputs were right. The last accepted token opens the next
-        # window and is not in the cache yet: the cache always holds the sequence minus its last token.
-        cache.crop(-(length - keep))
-        model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs, num_new_tokens=keep)
+            tokens = emitted[:, :keep]
+            live = torch.cat([unfinished[:, None], unfinished_after[:, :-1]], dim=1)[:, :keep]
+            num_new_tokens += live.sum(-1)
+            input_ids = torch.cat([input_ids, tokens], dim=1)
+            unfinished = unfinished_after[:, keep - 1]
+            if want_scores:
+                scores.extend(step_scores[:, j].clone() for j in range(keep))  # not views of the whole window
+            if want_logits:
+                raw_logits.extend(step_logits[:, j].clone() for j in range(keep))
+            if streamer is not None:
+                for column in tokens.cpu().unbind(1):
+                    streamer.put(column)
+            # Keep the KV of the `keep` window tokens whose inputs were right. The last accepted token opens the next
+            # window and is not in the cache yet: the cache always holds the sequence minus its last token.
+            cache.crop(-(length - keep))
+            model_kwargs = model._update_model_kwargs_for_generation(
+                outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=keep
+            )
 
-        block_done = keep == length  # the block reached its fixed point
-        stop = all_stopped_at < accepted or (max_length is not None and input_ids.shape[1] >= max_length)
-        if in_block and (block_done or stop):
-            iterations_per_block.append(block_iterations)
-            if record_states:
-                block_states.append(input_ids[:, block_start : block_start + block_size])  # the fixed point
-                width = min(state.shape[1] for state in block_states)
-                jacobi_states.append(torch.stack([state[:, :width] for state in block_states]))
-                block_states = []
-        if stop:
-            break
-        if block_done:
-            in_block, block_iterations, block_start = True, 0, input_ids.shape[1] - 1
-            num_blocks += unfinished
-            guesses = input_ids[:, :0]
-            if block_size > 1:
-                guesses = guesses_for(input_ids, model_kwargs.get("attention_mask"), block_size - 1)
-        else:
-            # As in the paper, the window shrinks to the block's unsettled positions.
-            guesses = pred[:, keep:-1]
-        if max_length is not None:
-            guesses = guesses[:, : max_length - input_ids.shape[1] - 1]  # never compute past `max_length`
-        window = torch.cat([input_ids[:, -1:], guesses], dim=1)
-        if pad is not None:
-            window = torch.where(unfinished[:, None], window, pad)  # finished rows feed padding, as in `_sample`
-        outputs = _forward_window(model, window, model_kwargs)
-        logits = outputs.logits
+            block_done = keep == length  # the block reached its fixed point
+            stop = all_stopped_at < accepted or (max_length is not None and input_ids.shape[1] >= max_length)
+            if in_block and (block_done or stop):
+                iterations_per_block.append(block_iterations)
+                if record_states:
+                    block_states.append(input_ids[:, block_start : block_start + block_size])  # the fixed point
+                    width = min(state.shape[1] for state in block_states)
+                    jacobi_states.append(torch.stack([state[:, :width] for state in block_states]))
+                    block_states = []
+            if stop:
+                break
+            if block_done:
+                in_block, block_iterations, block_start = True, 0, input_ids.shape[1] - 1
+                num_blocks += unfinished
+                guesses = input_ids[:, :0]
+                if block_size > 1:
+                    guesses = guesses_for(input_ids, model_kwargs.get("attention_mask"), block_size - 1)
+            else:
+                # As in the paper, the window shrinks to the block's unsettled positions.
+                guesses = pred[:, keep:-1]
+            if max_length is not None:
+                guesses = guesses[:, : max_length - input_ids.shape[1] - 1]  # never compute past `max_length`
+            if pad is not None:  # finished rows feed their last token, then padding, as in `_sample`
+                guesses = torch.where(unfinished[:, None], guesses, pad)
+            window = torch.cat([input_ids[:, -1:], guesses], dim=1)
+            outputs = _forward_window(model, outputs, window, model_kwargs)
+            logits = outputs.logits
 
     for layer in cache.layers:  # stop recording, as `generate` does before handing a cache back
         if hasattr(layer, "record_past"):
@@ -354,17 +363,14 @@ def jacobi_generate(
     )
 
 
-def _forward_window(model, window, model_kwargs):
-    """One forward of the window over the cache, with per-row positions and the padding mask extended over it."""
-    num_guesses = window.shape[1] - 1
+def _forward_window(model, outputs, window, model_kwargs):
+    """One forward of the window over the cache. The model's own bookkeeping extends the mask, positions and token
+    types over the window's guesses, as if they had been accepted."""
     kwargs = dict(model_kwargs)
-    if kwargs.get("attention_mask") is not None:
-        mask = kwargs["attention_mask"]
-        kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], num_guesses)], dim=-1)
-    if kwargs.get("position_ids") is not None and num_guesses:
-        positions = kwargs["position_ids"]
-        ahead = torch.arange(1, num_guesses + 1, dtype=positions.dtype, device=positions.device)
-        kwargs["position_ids"] = torch.cat([positions, positions[..., -1:] + ahead], dim=-1)
+    if window.shape[1] > 1:
+        kwargs = model._update_model_kwargs_for_generation(
+            outputs, kwargs, is_encoder_decoder=False, num_new_tokens=window.shape[1] - 1
+        )
     model_inputs = model.prepare_inputs_for_generation(window, **kwargs)
     if "logits_to_keep" in model_inputs:
         model_inputs["logits_to_keep"] = window.shape[1]

@@ -7,6 +7,8 @@ charge. [`enable_jacobi`] mixes it into an already loaded model; [`AutoCLLMForCa
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 
 from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin
@@ -28,6 +30,8 @@ class JacobiGenerationMixin:
         if kwargs.get("custom_generate") is not None:  # the caller picked the decoding method: pass everything on
             if jacobi_n is not None:
                 kwargs["jacobi_n"] = jacobi_n
+            if kwargs["custom_generate"] is jacobi_generate and streamer is not None:
+                kwargs["custom_generate"] = functools.partial(jacobi_generate, streamer=streamer)
             return super().generate(inputs, generation_config, streamer=streamer, **jacobi_kwargs, **kwargs)
         config = generation_config if generation_config is not None else self.generation_config
         explicit = jacobi_n is not None
@@ -41,16 +45,34 @@ class JacobiGenerationMixin:
             raise ValueError("`jacobi_n` cannot be combined with `assistant_model`: choose one of the two.")
         if kwargs.get("synced_gpus"):
             raise ValueError("`synced_gpus=True` is not supported with `jacobi_n` yet; drop one of the two.")
-        if kwargs.get("stop_strings") is not None:
+        stop_strings = kwargs.pop("stop_strings", None) or getattr(config, "stop_strings", None)
+        if stop_strings:
             # `generate` keeps the tokenizer from a `custom_generate` callable, so build the criterion here.
-            stop = StopStringCriteria(kwargs.pop("tokenizer", None) or _missing_tokenizer(), kwargs.pop("stop_strings"))
+            stop = StopStringCriteria(kwargs.pop("tokenizer", None) or _missing_tokenizer(), stop_strings)
             kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), stop])
+            if generation_config is not None and generation_config.stop_strings:
+                generation_config = copy.deepcopy(generation_config)
+                generation_config.stop_strings = None
         # Likewise the streamer: bind it.
         decoder = functools.partial(jacobi_generate, streamer=streamer) if streamer is not None else jacobi_generate
-        return super().generate(
-            inputs, generation_config, streamer=streamer, custom_generate=decoder, jacobi_n=jacobi_n,
-            **jacobi_kwargs, **kwargs,
-        )
+        with _stop_strings_handled(self, bool(stop_strings)):
+            return super().generate(
+                inputs, generation_config, streamer=streamer, custom_generate=decoder, jacobi_n=jacobi_n,
+                **jacobi_kwargs, **kwargs,
+            )
+
+
+@contextlib.contextmanager
+def _stop_strings_handled(model, handled: bool):
+    """Hide the model's own `stop_strings` from `generate` while our criterion stands in for them (`generate` fills
+    unset values from `model.generation_config`, and would ask for the tokenizer it does not pass on)."""
+    saved = model.generation_config.stop_strings
+    if handled:
+        model.generation_config.stop_strings = None
+    try:
+        yield
+    finally:
+        model.generation_config.stop_strings = saved
 
 
 def _missing_tokenizer():
@@ -64,6 +86,7 @@ def _asks_for_another_mode(config: GenerationConfig, kwargs: dict) -> bool:
         setting("do_sample")
         or (setting("num_beams") or 1) > 1
         or setting("prompt_lookup_num_tokens") is not None
+        or setting("assistant_early_exit") is not None
         or kwargs.get("assistant_model") is not None
     )
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers
-from tiny import random_prompts, tiny_model
+from tiny import random_prompts, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
 from hf_cllm import AutoCLLMForCausalLM, enable_jacobi, jacobi_generate
@@ -12,7 +12,7 @@ from hf_cllm import AutoCLLMForCausalLM, enable_jacobi, jacobi_generate
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config)).eval()
+    return enable_jacobi(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval()
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ def test_jacobi_n_must_be_a_positive_int(model, input_ids, bad):
         (dict(use_cache=False), r"use_cache=False"),
         (dict(return_dict_in_generate=True, output_attentions=True), r"output_attentions"),
         (dict(jacobi_init="zeros"), r"`jacobi_init` must be one of"),
+        (dict(guidance_scale=1.5), r"`guidance_scale`"),
     ],
 )
 def test_unsupported_modes_are_refused(model, input_ids, kwargs, message):
@@ -77,3 +78,9 @@ def test_a_cache_that_cannot_roll_back_is_refused(model, input_ids, monkeypatch)
 def test_auto_class_is_not_instantiated_directly():
     with pytest.raises(OSError, match="from_pretrained"):
         AutoCLLMForCausalLM()
+
+
+def test_inputs_embeds_without_input_ids_is_refused(model, input_ids):
+    embeds = model.get_input_embeddings()(input_ids)
+    with pytest.raises(ValueError, match="needs `input_ids`"):
+        model.generate(inputs_embeds=embeds, max_new_tokens=4, jacobi_n=4)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import EOS, PAD, random_prompts, tiny_model, tiny_tokenizer
+from tiny import EOS, PAD, random_prompts, tiny_config, tiny_model, tiny_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     DynamicCache,
@@ -25,7 +25,7 @@ def model():
 
 def fresh_llama():
     torch.manual_seed(0)  # the same weights whatever ran before
-    return enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config)).eval()
+    return enable_jacobi(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval()
 
 
 def both(model, input_ids, attention_mask=None, jacobi_n=4, jacobi_init="random", **kwargs):
@@ -148,6 +148,18 @@ def test_stop_strings_with_tokenizer():
     assert stopped_early  # the stop strings really cut generation short
 
 
+def test_stop_strings_from_the_generation_config():
+    tokenizer = tiny_tokenizer()
+    model = fresh_llama()
+    input_ids, _ = random_prompts(1, [6], seed=16)
+    plain = model.generate(input_ids=input_ids, max_new_tokens=20, eos_token_id=None)
+    start = input_ids.shape[1] + 4
+    model.generation_config.stop_strings = [tokenizer.decode(plain[0, start : start + 2])]
+    expected = model.generate(input_ids=input_ids, max_new_tokens=20, tokenizer=tokenizer)
+    got = model.generate(input_ids=input_ids, max_new_tokens=20, tokenizer=tokenizer, jacobi_n=4)
+    assert torch.equal(got, expected)
+
+
 class Recorder(BaseStreamer):
     def __init__(self):
         self.values, self.ended = [], 0
@@ -171,6 +183,13 @@ def test_streamer_receives_the_same_pushes_as_greedy(model):
         streams.append(recorder.values)
     assert len(streams[0]) == len(streams[1])
     assert all(torch.equal(a, b) for a, b in zip(*streams))
+
+
+def test_streamer_with_the_explicit_callable_through_the_mixin(model):
+    input_ids, _ = random_prompts(1, [4], seed=17)
+    recorder = Recorder()
+    model.generate(input_ids=input_ids, max_new_tokens=6, streamer=recorder, custom_generate=jacobi_generate, jacobi_n=3)
+    assert recorder.ended == 1 and len(recorder.values) == 1 + 6  # the prompt, then one push per token
 
 
 def test_text_iterator_streamer_ends():
@@ -273,7 +292,7 @@ def test_custom_generate_callable_on_an_untouched_model():
 
 
 def test_jacobi_n_in_generation_config_survives_save_and_load(tmp_path):
-    model = enable_jacobi(AutoModelForCausalLM.from_config(tiny_model("llama").config), jacobi_n=6).eval()
+    model = enable_jacobi(AutoModelForCausalLM.from_config(tiny_config("llama")), jacobi_n=6).eval()
     model.save_pretrained(tmp_path)
     reloaded = AutoCLLMForCausalLM.from_pretrained(tmp_path)
     assert reloaded.generation_config.jacobi_n == 6

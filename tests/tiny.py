@@ -34,13 +34,17 @@ ARCHITECTURES = {
 }
 
 
+def tiny_config(arch: str = "llama"):
+    """A new config object each call (saving or loading a model may change its config)."""
+    _, config_cls, kwargs = ARCHITECTURES[arch]
+    return getattr(transformers, config_cls)(**_COMMON, **kwargs)
+
+
 @functools.cache
 def tiny_model(arch: str = "llama", seed: int = 0):
     """A randomly initialised fp32 model in eval mode (cached: tests must not modify it)."""
-    model_cls, config_cls, kwargs = ARCHITECTURES[arch]
-    config = getattr(transformers, config_cls)(**_COMMON, **kwargs)
     torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)(config).eval()
+    model = getattr(transformers, ARCHITECTURES[arch][0])(tiny_config(arch)).eval()
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = EOS
     return model
