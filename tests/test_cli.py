@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer
+from tiny import tiny_config, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from hf_cllm import assets
@@ -25,7 +25,7 @@ def tiny_folder(tmp_path_factory):
     """A tiny Llama with a tokenizer and chat template, saved like any local model folder."""
     folder = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_model("llama").config).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(folder)
     tokenizer = copy.deepcopy(tiny_tokenizer())  # the cached one is shared: keep it template-free
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
@@ -84,7 +84,7 @@ def test_cuda_on_a_machine_without_it(tiny_folder, monkeypatch, capsys):
 
 
 def test_chat_without_a_template(tmp_path, capsys):
-    AutoModelForCausalLM.from_config(tiny_model("llama").config).save_pretrained(tmp_path)
+    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", "--chat"]) == 2
     assert "no chat template" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from .common import CLIError
 SUBCOMMANDS = {
     "demo": "hf_cllm.cli.demo",
     "generate": "hf_cllm.cli.generate",
+    "collect": "hf_cllm.cli.collect",
 }
 
 
