@@ -51,5 +51,6 @@ def run(args) -> int:
             print(f"Pushed: {push_trajectories(args.output_dir, args.push_to_hub)}")
     except ValueError as error:
         raise CLIError(str(error)) from None
-    print(f"{len(rows)} prompts, {sum(len(b) for b in rows['state_block'])} states in {args.output_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
+        print(f"{len(rows)} prompts, {sum(len(b) for b in rows['state_block'])} states in {args.output_dir}")
     return 0
