@@ -70,33 +70,62 @@ def main(argv=None) -> int:
     results = []
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
-    baseline = [cacheless_collect(model, ids, args.jacobi_n, args.max_new_tokens, eos_ids, generator) for ids in prompt_ids]
+    baseline = [
+        cacheless_collect(model, ids, args.jacobi_n, args.max_new_tokens, eos_ids, generator) for ids in prompt_ids
+    ]
     seconds = time.perf_counter() - start
     tokens = sum(len(answer) for answer, _, _ in baseline)
-    results.append(("cache-less, batch 1 (reference style)", seconds, tokens, sum(s for _, s, _ in baseline),
-                    sum(f for _, _, f in baseline)))
+    results.append(
+        (
+            "cache-less, batch 1 (reference style)",
+            seconds,
+            tokens,
+            sum(s for _, s, _ in baseline),
+            sum(f for _, _, f in baseline),
+        )
+    )
 
     for batch_size in args.batch_sizes:
         with tempfile.TemporaryDirectory() as output_dir:
             start = time.perf_counter()
             collected = collect_trajectories(
-                model, tokenizer, rows, jacobi_n=args.jacobi_n, max_new_tokens=args.max_new_tokens, task="gsm8k",
-                chat=True, batch_size=batch_size, output_dir=output_dir, clean=False, progress=False,
+                model,
+                tokenizer,
+                rows,
+                jacobi_n=args.jacobi_n,
+                max_new_tokens=args.max_new_tokens,
+                task="gsm8k",
+                chat=True,
+                batch_size=batch_size,
+                output_dir=output_dir,
+                clean=False,
+                progress=False,
             )
             seconds = time.perf_counter() - start
         tokens = sum(len(a) for a in collected["answer_ids"])
         same = sum(a == b[0][: len(a)] or b[0] == a[: len(b[0])] for a, b in zip(collected["answer_ids"], baseline))
-        results.append((f"hf_cllm, KV cache, batch {batch_size}", seconds, tokens,
-                        sum(len(s) for s in collected["state_block"]), None))
+        results.append(
+            (
+                f"hf_cllm, KV cache, batch {batch_size}",
+                seconds,
+                tokens,
+                sum(len(s) for s in collected["state_block"]),
+                None,
+            )
+        )
         print(f"batch {batch_size}: {same}/{len(baseline)} answers agree with the cache-less collector's")
 
-    print(f"\n{len(prompt_ids)} GSM8K prompts (chat template), n={args.jacobi_n}, max_new_tokens={args.max_new_tokens}, "
-          f"{args.threads} threads, fp32, {path}")
+    print(
+        f"\n{len(prompt_ids)} GSM8K prompts (chat template), n={args.jacobi_n}, max_new_tokens={args.max_new_tokens}, "
+        f"{args.threads} threads, fp32, {path}"
+    )
     print("| collector | seconds | prompts/s | answer tokens/s | states | speedup |")
     print("|---|---|---|---|---|---|")
     for name, seconds, tokens, states, _ in results:
-        print(f"| {name} | {seconds:.1f} | {len(prompt_ids) / seconds:.3f} | {tokens / seconds:.1f} | {states} | "
-              f"{results[0][1] / seconds:.2f}x |")
+        print(
+            f"| {name} | {seconds:.1f} | {len(prompt_ids) / seconds:.3f} | {tokens / seconds:.1f} | {states} | "
+            f"{results[0][1] / seconds:.2f}x |"
+        )
     print(json.dumps([dict(zip(["collector", "seconds", "tokens", "states", "forwards"], r)) for r in results]))
     return 0
 

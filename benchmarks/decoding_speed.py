@@ -75,7 +75,9 @@ def main(argv=None) -> int:
     questions = load_questions(args.prompts, args.num_prompts)
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True)
     methods = [("AR greedy", {})]
-    methods += [(f"Jacobi n={n} init={init}", {"jacobi_n": n, "jacobi_init": init}) for init in args.inits for n in args.ns]
+    methods += [
+        (f"Jacobi n={n} init={init}", {"jacobi_n": n, "jacobi_init": init}) for init in args.inits for n in args.ns
+    ]
     methods += [("AR greedy (again)", {})]
     summaries = {name: MethodSummary(name) for name, _ in methods}
 

@@ -1,7 +1,7 @@
 """Quick start: greedy vs Jacobi decoding on one prompt, with the statistics Jacobi decoding returns.
 
-    python examples/quickstart.py                          # the embedded SmolLM2-135M-Instruct, offline
-    python examples/quickstart.py --model HuggingFaceTB/SmolLM2-135M-Instruct --jacobi-n 16
+python examples/quickstart.py                          # the embedded SmolLM2-135M-Instruct, offline
+python examples/quickstart.py --model HuggingFaceTB/SmolLM2-135M-Instruct --jacobi-n 16
 """
 
 import argparse
@@ -25,7 +25,10 @@ path = args.model or embedded_model_dir()  # converts the embedded GGUF once, th
 tokenizer = AutoTokenizer.from_pretrained(path)
 model = AutoCLLMForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
-question = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"
+question = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
 inputs = tokenizer.apply_chat_template(
     [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
 )
@@ -35,7 +38,9 @@ greedy = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=
 greedy_seconds = time.perf_counter() - start
 
 start = time.perf_counter()
-out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, jacobi_n=args.jacobi_n, return_dict_in_generate=True)
+out = model.generate(
+    **inputs, max_new_tokens=args.max_new_tokens, jacobi_n=args.jacobi_n, return_dict_in_generate=True
+)
 jacobi_seconds = time.perf_counter() - start
 
 prompt_length = inputs["input_ids"].shape[1]

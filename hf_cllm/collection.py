@@ -75,7 +75,9 @@ def tokenize_prompts(rows, tokenizer, task: str, chat: bool, max_context: int | 
     """Token ids of every prompt (and of its gold answer when the task has one), checked before any work starts."""
     spec = get_task(task)
     if chat and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("chat=True, but the tokenizer has no chat template: pass chat=False (--no-chat) or a chat model")
+        raise ValueError(
+            "chat=True, but the tokenizer has no chat template: pass chat=False (--no-chat) or a chat model"
+        )
     prompts, labels = [], []
     for index, row in enumerate(rows):
         if "messages" in row and row["messages"]:
@@ -92,7 +94,9 @@ def tokenize_prompts(rows, tokenizer, task: str, chat: bool, max_context: int | 
             label = row.get(spec.label_column) if spec.label_column else None
             if chat:
                 messages = [{"role": "user", "content": text}]
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+                ids = tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
             else:
                 ids = tokenizer(text)["input_ids"]
         ids = list(ids)
@@ -192,16 +196,18 @@ def trajectory_rows(out, prompt_indices, prompt_ids, labels, width, settings: Co
             states += block_states[keep].tolist()
             state_block += [block] * len(keep)
             state_step += keep.tolist()
-        rows.append({
-            "prompt_index": index,
-            "prompt_ids": prompt_ids[row],
-            "answer_ids": answer,
-            "states": states,
-            "state_block": state_block,
-            "state_step": state_step,
-            "labels": labels[row],
-            "degenerate": degenerate,
-        })
+        rows.append(
+            {
+                "prompt_index": index,
+                "prompt_ids": prompt_ids[row],
+                "answer_ids": answer,
+                "states": states,
+                "state_block": state_block,
+                "state_step": state_step,
+                "labels": labels[row],
+                "degenerate": degenerate,
+            }
+        )
     return rows
 
 
@@ -236,16 +242,18 @@ def features():
     import datasets
 
     ids = datasets.List(datasets.Value("int64"))
-    return datasets.Features({
-        "prompt_index": datasets.Value("int64"),
-        "prompt_ids": ids,
-        "answer_ids": ids,
-        "states": datasets.List(ids),
-        "state_block": ids,
-        "state_step": ids,
-        "labels": ids,
-        "degenerate": datasets.Value("bool"),
-    })
+    return datasets.Features(
+        {
+            "prompt_index": datasets.Value("int64"),
+            "prompt_ids": ids,
+            "answer_ids": ids,
+            "states": datasets.List(ids),
+            "state_block": ids,
+            "state_step": ids,
+            "labels": ids,
+            "degenerate": datasets.Value("bool"),
+        }
+    )
 
 
 def load_trajectories(output_dir):
@@ -311,8 +319,15 @@ def collect_trajectories(
     prompt_ids, labels = tokenize_prompts(rows, tokenizer, task, chat, max_context, max_new_tokens)
     settings = CollectionSettings(
         teacher=str(getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__),
-        jacobi_n=jacobi_n, max_new_tokens=max_new_tokens, task=task, chat=chat, augment=augment, clean=clean,
-        repetition_threshold=repetition_threshold, max_states_per_block=max_states_per_block, seed=seed,
+        jacobi_n=jacobi_n,
+        max_new_tokens=max_new_tokens,
+        task=task,
+        chat=chat,
+        augment=augment,
+        clean=clean,
+        repetition_threshold=repetition_threshold,
+        max_states_per_block=max_states_per_block,
+        seed=seed,
         prompts_fingerprint=fingerprint(prompt_ids),
     )
 
@@ -330,8 +345,12 @@ def collect_trajectories(
     eos_ids = set([eos] if isinstance(eos, int) else (eos or []))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
     buffer: list[dict] = []
-    bar = tqdm(total=len(todo), desc=f"collecting (process {state.process_index})" if state.num_processes > 1
-               else "collecting", unit="prompt", disable=not progress)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"collecting (process {state.process_index})" if state.num_processes > 1 else "collecting",
+        unit="prompt",
+        disable=not progress,
+    )
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         batch_ids = [prompt_ids[i] for i in batch]
@@ -339,8 +358,14 @@ def collect_trajectories(
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch_ids], device=teacher.device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids], device=teacher.device)
         out = teacher.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=pad, jacobi_n=jacobi_n, return_dict_in_generate=True, jacobi_return_states=True,
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            jacobi_n=jacobi_n,
+            return_dict_in_generate=True,
+            jacobi_return_states=True,
             jacobi_init=seeded_context_init(batch, [len(ids) for ids in batch_ids], width, jacobi_n, seed),
         )
         buffer += trajectory_rows(out, batch, batch_ids, [labels[i] for i in batch], width, settings, eos_ids)
@@ -389,16 +414,16 @@ configs:
   data_files: {SHARD_DIR}/*.parquet
 ---
 
-# Jacobi trajectories of `{settings['teacher']}`
+# Jacobi trajectories of `{settings["teacher"]}`
 
 Training data for consistency distillation (CLLM, arXiv 2403.00835), collected with hf_cllm's
 `collect_trajectories`: the teacher Jacobi-decoded every prompt greedily in blocks of
-n={settings['jacobi_n']} tokens (at most {settings['max_new_tokens']} new tokens, KV-cached and batched), and every
+n={settings["jacobi_n"]} tokens (at most {settings["max_new_tokens"]} new tokens, KV-cached and batched), and every
 state of every block on its way to its fixed point was kept.
 
-- prompts: {len(rows)}; states: {states}; prompt format: `{settings['task']}`, chat template: {settings['chat']}
-- augmentation: {settings['augment']}; cleaning (repetition threshold {settings['repetition_threshold']}):
-  {settings['clean']}; states per block capped at: {settings['max_states_per_block']}; seed: {settings['seed']}
+- prompts: {len(rows)}; states: {states}; prompt format: `{settings["task"]}`, chat template: {settings["chat"]}
+- augmentation: {settings["augment"]}; cleaning (repetition threshold {settings["repetition_threshold"]}):
+  {settings["clean"]}; states per block capped at: {settings["max_states_per_block"]}; seed: {settings["seed"]}
 
 ## Schema (one row per prompt)
 
@@ -407,7 +432,7 @@ state of every block on its way to its fixed point was kept.
 | `prompt_index` | int64 | position of the prompt in the input |
 | `prompt_ids` | list[int64] | the prompt's token ids (chat template applied when used) |
 | `answer_ids` | list[int64] | the teacher's greedy answer up to its EOS: all blocks' fixed points |
-| `states` | list[list[int64]] | intermediate Jacobi states; a state of block b has one token per position of `answer_ids[b*n:(b+1)*n]` |
+| `states` | list[list[int64]] | intermediate states; a state of block b is as long as `answer_ids[b*n:(b+1)*n]` |
 | `state_block` | list[int64] | the block b of each state |
 | `state_step` | list[int64] | the Jacobi iteration each state came from (0: the initial guess) |
 | `labels` | list[int64] | the gold answer's token ids, when the data has one |
@@ -430,7 +455,9 @@ def push_trajectories(output_dir, repo_id: str, token: str | None = None, privat
     try:
         repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         api.upload_folder(
-            folder_path=str(output_dir), repo_id=repo_id, repo_type="dataset",
+            folder_path=str(output_dir),
+            repo_id=repo_id,
+            repo_type="dataset",
             allow_patterns=["README.md", SETTINGS_FILE, f"{SHARD_DIR}/*.parquet"],
             commit_message="Upload Jacobi trajectories (hf_cllm)",
         )

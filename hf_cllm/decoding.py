@@ -88,7 +88,8 @@ def _check_supported(model, generation_config) -> None:
         raise ValueError("`jacobi_n` needs the KV cache: drop `use_cache=False` or drop `jacobi_n`.")
     if generation_config.guidance_scale is not None and generation_config.guidance_scale != 1:
         raise ValueError(
-            "`guidance_scale` runs its own forward per new token and cannot follow Jacobi windows: drop it or `jacobi_n`."
+            "`guidance_scale` runs its own forward per new token and cannot follow Jacobi windows: "
+            "drop it or `jacobi_n`."
         )
     if generation_config.output_attentions or generation_config.output_hidden_states:
         raise ValueError(
@@ -102,7 +103,9 @@ def _guess_fn(jacobi_init, jacobi_seed: int, pad_token_id, device) -> Callable:
         return lambda input_ids, attention_mask, k: jacobi_init(input_ids, k).to(device=device, dtype=torch.long)
     if jacobi_init == "pad":
         if pad_token_id is None:
-            raise ValueError("`jacobi_init='pad'` needs a `pad_token_id` (or `eos_token_id`) in the generation config.")
+            raise ValueError(
+                "`jacobi_init='pad'` needs a `pad_token_id` (or `eos_token_id`) in the generation config."
+            )
         return lambda input_ids, attention_mask, k: pad_token_id.to(device).expand(input_ids.shape[0], k).clone()
     if jacobi_init != "random":
         raise ValueError(
@@ -116,7 +119,11 @@ def _guess_fn(jacobi_init, jacobi_seed: int, pad_token_id, device) -> Callable:
     def random_from_context(input_ids, attention_mask, k):
         # Padding is on the left, so a row's own tokens are its last `valid` ones.
         width = input_ids.shape[1]
-        valid = attention_mask.sum(-1, keepdim=True) if attention_mask is not None else torch.full_like(input_ids[:, :1], width)
+        valid = (
+            attention_mask.sum(-1, keepdim=True)
+            if attention_mask is not None
+            else torch.full_like(input_ids[:, :1], width)
+        )
         offsets = (torch.rand(input_ids.shape[0], k, generator=generator, device=device) * valid).long()
         return input_ids.gather(1, width - valid + offsets)
 
@@ -271,7 +278,8 @@ def jacobi_generate(
     # Some layers (linear attention) only know after their first update whether they can roll back.
     if block_size > 1 and not cache.is_croppable:
         raise ValueError(
-            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's {type(cache).__name__} "
+            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
+            f"{type(cache).__name__} "
             "cannot. Drop `jacobi_n` for this model."
         )
     # Sliding-window layers drop old states on update; recording keeps them until `crop`, so rejected guesses can be

@@ -26,7 +26,9 @@ class JacobiGenerationMixin:
     """
 
     def generate(self, inputs=None, generation_config=None, *, jacobi_n=None, streamer=None, **kwargs):
-        jacobi_kwargs = {key: kwargs.pop(key) for key in ("jacobi_init", "jacobi_seed", "jacobi_return_states") if key in kwargs}
+        jacobi_kwargs = {
+            key: kwargs.pop(key) for key in ("jacobi_init", "jacobi_seed", "jacobi_return_states") if key in kwargs
+        }
         if kwargs.get("custom_generate") is not None:  # the caller picked the decoding method: pass everything on
             if jacobi_n is not None:
                 kwargs["jacobi_n"] = jacobi_n
@@ -57,8 +59,13 @@ class JacobiGenerationMixin:
         decoder = functools.partial(jacobi_generate, streamer=streamer) if streamer is not None else jacobi_generate
         with _stop_strings_handled(self, bool(stop_strings)):
             return super().generate(
-                inputs, generation_config, streamer=streamer, custom_generate=decoder, jacobi_n=jacobi_n,
-                **jacobi_kwargs, **kwargs,
+                inputs,
+                generation_config,
+                streamer=streamer,
+                custom_generate=decoder,
+                jacobi_n=jacobi_n,
+                **jacobi_kwargs,
+                **kwargs,
             )
 
 

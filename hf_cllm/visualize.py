@@ -18,7 +18,7 @@ _RESET = "\033[0m"
 
 
 def classify_states(states: torch.Tensor) -> torch.Tensor:
-    """states: `(num_states, n)` of one block, the fixed point last. Returns `(num_states, n)` of ACCEPTED/CORRECT/WRONG."""
+    """states: `(num_states, n)` of one block, the fixed point last -> `(num_states, n)` of ACCEPTED/CORRECT/WRONG."""
     correct = states == states[-1]
     settled = correct.long().cumprod(-1).bool()
     return torch.where(settled, ACCEPTED, torch.where(correct, CORRECT, WRONG))
@@ -70,9 +70,16 @@ def plot_trajectory(states: torch.Tensor, tokenizer, path, title: str = "Jacobi 
     ax.set_xlabel("position in the block")
     ax.set_title(title, fontsize=10)
     ax.legend(
-        handles=[Patch(color=colors[2], label="accepted"), Patch(color=colors[1], label="correct, not yet accepted"),
-                 Patch(color=colors[0], label="wrong")],
-        loc="upper center", bbox_to_anchor=(0.5, -0.12 if num_states > 4 else -0.3), ncol=3, fontsize=7, frameon=False,
+        handles=[
+            Patch(color=colors[2], label="accepted"),
+            Patch(color=colors[1], label="correct, not yet accepted"),
+            Patch(color=colors[0], label="wrong"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12 if num_states > 4 else -0.3),
+        ncol=3,
+        fontsize=7,
+        frameon=False,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config, tiny_model, tiny_tokenizer
+from tiny import tiny_config, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from hf_cllm import assets
@@ -121,7 +121,7 @@ def test_half_written_folder_is_not_trusted(fake_gguf):
     convert, calls, cache = fake_gguf
     stale = cache / assets.EMBEDDED_MODEL_NAME
     stale.mkdir(parents=True)
-    (stale / "config.json").write_text("{\"half\": true}")  # an interrupted conversion: no completion marker
+    (stale / "config.json").write_text('{"half": true}')  # an interrupted conversion: no completion marker
     folder = assets.embedded_model_dir(convert=convert)
     assert len(calls) == 1 and (folder / "config.json").read_text() == "{}"
 
@@ -147,10 +147,22 @@ def test_wrong_checksum_is_refused(fake_gguf, monkeypatch):
 
 
 def test_demo_end_to_end_on_a_tiny_model(tiny_folder, tmp_path, capsys):
-    code = main([
-        "demo", "--model", tiny_folder, "--num-prompts", "2", "--max-new-tokens", "12", "--jacobi-n", "4",
-        "--output-dir", str(tmp_path), "--no-color",
-    ])
+    code = main(
+        [
+            "demo",
+            "--model",
+            tiny_folder,
+            "--num-prompts",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--jacobi-n",
+            "4",
+            "--output-dir",
+            str(tmp_path),
+            "--no-color",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "| all |" in out and "2/2 |" in out  # both outputs identical to greedy
@@ -162,8 +174,22 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_folder, tmp_path, capsys):
 def test_generate_streams_then_prints_statistics(tiny_folder, capsys):
     from transformers import AutoTokenizer
 
-    assert main(["generate", "--model", tiny_folder, "--prompt", "the quick brown fox", "--max-new-tokens", "10",
-                 "--jacobi-n", "4"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                tiny_folder,
+                "--prompt",
+                "the quick brown fox",
+                "--max-new-tokens",
+                "10",
+                "--jacobi-n",
+                "4",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     model = AutoModelForCausalLM.from_pretrained(tiny_folder)
     tokenizer = AutoTokenizer.from_pretrained(tiny_folder)
@@ -176,9 +202,22 @@ def test_generate_streams_then_prints_statistics(tiny_folder, capsys):
 
 def test_console_script_runs(tiny_folder):
     out = subprocess.run(
-        [sys.executable, "-m", "hf_cllm", "generate", "--model", tiny_folder, "--prompt", "fox", "--max-new-tokens", "4",
-         "--chat"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "hf_cllm",
+            "generate",
+            "--model",
+            tiny_folder,
+            "--prompt",
+            "fox",
+            "--max-new-tokens",
+            "4",
+            "--chat",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 0, out.stderr
     assert "TPF" in out.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config, tiny_model, tiny_tokenizer
+from tiny import tiny_config, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from hf_cllm import collection
@@ -17,8 +17,14 @@ from hf_cllm.collection import collect_trajectories
 
 
 PROMPTS = [
-    "the quick brown fox", "jumps over the lazy dog", "stop here.", "Jacobi decoding guesses a block",
-    "of tokens", "the lazy", "quick", "brown fox jumps over",
+    "the quick brown fox",
+    "jumps over the lazy dog",
+    "stop here.",
+    "Jacobi decoding guesses a block",
+    "of tokens",
+    "the lazy",
+    "quick",
+    "brown fox jumps over",
 ]
 N = 4
 
@@ -31,8 +37,9 @@ def teacher():
 
 def collect(teacher, output_dir, **kwargs):
     options = dict(jacobi_n=N, max_new_tokens=18, batch_size=3, shard_size=2, progress=False)
-    return collect_trajectories(teacher, tiny_tokenizer(), kwargs.pop("prompts", PROMPTS), output_dir=output_dir,
-                                **{**options, **kwargs})
+    return collect_trajectories(
+        teacher, tiny_tokenizer(), kwargs.pop("prompts", PROMPTS), output_dir=output_dir, **{**options, **kwargs}
+    )
 
 
 def jacobi_step(model, context, state):
@@ -60,7 +67,7 @@ def test_rows_are_the_teachers_jacobi_trajectories(teacher, tmp_path):
             context = prompt + answer[: block * N]
             assert steps == list(range(len(states)))
             assert all(len(state) == len(fixed) and state[0] == fixed[0] and state != fixed for state in states)
-            # Each state follows from the previous one by the model's argmax, and the last one leads to the fixed point.
+            # Each state follows from the previous one by the model's argmax; the last one leads to the fixed point.
             for state, following in zip(states, states[1:] + [fixed]):
                 assert jacobi_step(teacher, context, state) == following
 
@@ -106,16 +113,22 @@ def test_other_settings_are_refused_not_overwritten(teacher, tmp_path):
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == before
 
 
+def wrong_tokens(rows):
+    """How many state tokens differ from their fixed point."""
+    return sum(
+        token != fixed
+        for row in rows
+        for state, block in zip(row["states"], row["state_block"])
+        for token, fixed in zip(state, row["answer_ids"][block * N :])
+    )
+
+
 def test_augmentation_and_state_cap(teacher, tmp_path):
     plain = collect(teacher, tmp_path / "plain", clean=False)
     augmented = collect(teacher, tmp_path / "augmented", clean=False, augment=True)
     capped = collect(teacher, tmp_path / "capped", clean=False, max_states_per_block=2)
     assert augmented["answer_ids"] == plain["answer_ids"]
-    wrong = lambda rows: sum(  # noqa: E731
-        s != a for row in rows for state, b in zip(row["states"], row["state_block"])
-        for s, a in zip(state, row["answer_ids"][b * N :])
-    )
-    assert wrong(augmented) < wrong(plain)
+    assert wrong_tokens(augmented) < wrong_tokens(plain)
     for row in capped:
         assert max(row["state_block"].count(b) for b in set(row["state_block"])) <= 2
         assert 0 in row["state_step"]  # the initial guess is always kept
@@ -123,8 +136,11 @@ def test_augmentation_and_state_cap(teacher, tmp_path):
 
 def test_cleaning_drops_repetitive_blocks_and_flags_the_answer(teacher, tmp_path):
     plain = collect(teacher, tmp_path / "plain", clean=False)
-    runs = {(row["prompt_index"], b): collection.longest_run(row["answer_ids"][b * N : (b + 1) * N])
-            for row in plain for b in set(row["state_block"])}
+    runs = {
+        (row["prompt_index"], b): collection.longest_run(row["answer_ids"][b * N : (b + 1) * N])
+        for row in plain
+        for b in set(row["state_block"])
+    }
     threshold = max(runs.values())  # the most repetitive blocks of this model are the ones to drop
     cleaned = collect(teacher, tmp_path / "cleaned", repetition_threshold=threshold)
     assert cleaned["answer_ids"] == plain["answer_ids"]  # answers are kept whole
@@ -154,8 +170,12 @@ def test_bad_input_is_refused_before_any_work(teacher, tmp_path, prompts, kwargs
 
 def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path):
     data = tmp_path / "gsm8k.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"How many {w}?", "answer": f"{i} {w}\n#### {i}"})
-                              for i, w in enumerate(["foxes", "dogs", "blocks"])))
+    data.write_text(
+        "\n".join(
+            json.dumps({"question": f"How many {w}?", "answer": f"{i} {w}\n#### {i}"})
+            for i, w in enumerate(["foxes", "dogs", "blocks"])
+        )
+    )
     rows = collect(teacher, tmp_path / "out", prompts=str(data), task="gsm8k")
     tokenizer = tiny_tokenizer()
     assert tokenizer.decode(rows[0]["prompt_ids"]).startswith("Question:\nHow many foxes?\nAnswer:")
@@ -167,7 +187,8 @@ def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path):
     teacher.save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
     script = tmp_path / "collect.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from hf_cllm.collection import collect_trajectories
@@ -175,13 +196,26 @@ def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path):
         tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r})
         collect_trajectories(model, tokenizer, {PROMPTS!r}, jacobi_n={N}, max_new_tokens=18, output_dir=sys.argv[1],
                              batch_size=3, shard_size=2, progress=False)
-    """))
+    """)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for processes in (1, 2):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu" if processes > 1 else "--cpu",
-                   "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(script), str(tmp_path / f"p{processes}")]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu" if processes > 1 else "--cpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+            str(tmp_path / f"p{processes}"),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "p2" / "shards").iterdir())
@@ -214,16 +248,32 @@ def test_collect_command_and_push_with_a_mocked_hub(teacher, tmp_path, monkeypat
 
     def upload_folder(self, folder_path, repo_id, allow_patterns, **kwargs):
         uploads["files"] = sorted(
-            str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*")
-            if p.is_file() and any(p.match(pattern) or str(p.relative_to(folder_path)) == pattern
-                                   for pattern in allow_patterns)
+            str(p.relative_to(folder_path))
+            for p in Path(folder_path).rglob("*")
+            if p.is_file()
+            and any(p.match(pattern) or str(p.relative_to(folder_path)) == pattern for pattern in allow_patterns)
         )
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     out = tmp_path / "traj"
-    code = main(["collect", "--model", str(model_dir), "--dataset", str(data), "--output-dir", str(out),
-                 "--jacobi-n", "4", "--max-new-tokens", "8", "--push-to-hub", "someone/tiny-trajectories"])
+    code = main(
+        [
+            "collect",
+            "--model",
+            str(model_dir),
+            "--dataset",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--jacobi-n",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--push-to-hub",
+            "someone/tiny-trajectories",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "3 prompts" in capsys.readouterr().out
     assert uploads["repo"] == ("someone/tiny-trajectories", "dataset")

@@ -35,7 +35,7 @@ def both(model, input_ids, attention_mask=None, jacobi_n=4, jacobi_init="random"
 
 
 def oracle_init(reference, corrupt_every=None):
-    """A `jacobi_init` that guesses from the known greedy answer (a test hook), optionally with wrong tokens mixed in."""
+    """A `jacobi_init` guessing from the known greedy answer (a test hook), optionally with wrong tokens mixed in."""
 
     def guesses(input_ids, count):
         start = input_ids.shape[1]
@@ -63,7 +63,9 @@ def test_logits_processors_see_each_positions_own_prefix(model, processor_kwargs
     input_ids, attention_mask = random_prompts(2, [5, 9], seed=11)
     kwargs = dict(processor_kwargs)
     if "eos_token_id" in kwargs:  # make EOS likely early so that min_new_tokens has something to hold back
-        plain = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, eos_token_id=None)
+        plain = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, eos_token_id=None
+        )
         kwargs["eos_token_id"] = int(plain[0, input_ids.shape[1] + 2])
     # An oracle init makes multi-token acceptance happen, so processors really run on hypothetical prefixes.
     reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, **kwargs)
@@ -91,10 +93,16 @@ def test_max_new_tokens_and_max_length_are_exact(model):
         expected, got = both(model, input_ids, attention_mask, jacobi_n=8, eos_token_id=None, **kwargs)
         assert torch.equal(got, expected)
     # An oracle never lets a block overshoot the budget either.
-    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, eos_token_id=None)
+    reference = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, eos_token_id=None
+    )
     got = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=11, eos_token_id=None,
-        jacobi_n=16, jacobi_init=oracle_init(reference),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=11,
+        eos_token_id=None,
+        jacobi_n=16,
+        jacobi_init=oracle_init(reference),
     )
     assert got.shape[1] == input_ids.shape[1] + 11
     assert torch.equal(got, reference[:, : got.shape[1]])
@@ -128,7 +136,12 @@ def test_user_stopping_criteria(model):
     for init in ("random", oracle_init(reference)):
         for eos in (None, EOS):  # without EOS, finished rows keep generating real tokens (as in `_sample`)
             expected, got = both(
-                model, input_ids, attention_mask, max_new_tokens=20, stopping_criteria=criteria, eos_token_id=eos,
+                model,
+                input_ids,
+                attention_mask,
+                max_new_tokens=20,
+                stopping_criteria=criteria,
+                eos_token_id=eos,
                 jacobi_init=init,
             )
             assert torch.equal(got, expected)
@@ -188,7 +201,9 @@ def test_streamer_receives_the_same_pushes_as_greedy(model):
 def test_streamer_with_the_explicit_callable_through_the_mixin(model):
     input_ids, _ = random_prompts(1, [4], seed=17)
     recorder = Recorder()
-    model.generate(input_ids=input_ids, max_new_tokens=6, streamer=recorder, custom_generate=jacobi_generate, jacobi_n=3)
+    model.generate(
+        input_ids=input_ids, max_new_tokens=6, streamer=recorder, custom_generate=jacobi_generate, jacobi_n=3
+    )
     assert recorder.ended == 1 and len(recorder.values) == 1 + 6  # the prompt, then one push per token
 
 
@@ -212,7 +227,9 @@ def test_continue_from_the_returned_cache(model):
     expected = model.generate(
         input_ids=first_greedy.sequences, attention_mask=mask, cache=first_greedy.cache, max_new_tokens=7
     )
-    got = model.generate(input_ids=first.sequences, attention_mask=mask, cache=first.cache, max_new_tokens=7, jacobi_n=4)
+    got = model.generate(
+        input_ids=first.sequences, attention_mask=mask, cache=first.cache, max_new_tokens=7, jacobi_n=4
+    )
     assert torch.equal(got, expected)
 
 
@@ -226,12 +243,19 @@ def test_user_supplied_cache(model):
 def test_acceptance_with_oracle_guesses_counts_forwards_and_crops_the_cache(model):
     """Random tiny models accept ~1 token per step; guesses from the known answer make blocks converge early."""
     input_ids, attention_mask = random_prompts(2, [6, 4], seed=21)
-    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=60, eos_token_id=None)
+    reference = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=60, eos_token_id=None
+    )
     for jacobi_n, corrupt_every in ((2, None), (4, 5), (8, 5), (16, 5), (16, None)):
         with count_forwards(model) as calls:
             out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=60, eos_token_id=None,
-                jacobi_n=jacobi_n, jacobi_init=oracle_init(reference, corrupt_every), return_dict_in_generate=True,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=60,
+                eos_token_id=None,
+                jacobi_n=jacobi_n,
+                jacobi_init=oracle_init(reference, corrupt_every),
+                return_dict_in_generate=True,
             )
         assert torch.equal(out.sequences, reference)
         assert out.num_forward_passes.tolist() == [calls[0]] * 2
@@ -269,8 +293,13 @@ def test_initialisations_are_lossless_and_random_is_seeded(model, init):
     input_ids, attention_mask = random_prompts(2, [5, 8], seed=24)
     runs = [
         model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=20, jacobi_n=6, jacobi_init=init,
-            jacobi_seed=3, return_dict_in_generate=True,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=20,
+            jacobi_n=6,
+            jacobi_init=init,
+            jacobi_seed=3,
+            return_dict_in_generate=True,
         )
         for _ in range(2)
     ]
@@ -284,8 +313,12 @@ def test_custom_generate_callable_on_an_untouched_model():
     input_ids, attention_mask = random_prompts(2, [4, 6], seed=25)
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12)
     got = model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, custom_generate=jacobi_generate,
-        jacobi_n=5, return_dict_in_generate=True,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=12,
+        custom_generate=jacobi_generate,
+        jacobi_n=5,
+        return_dict_in_generate=True,
     )
     assert torch.equal(got.sequences, expected)
     assert got.num_forward_passes is not None
@@ -318,12 +351,20 @@ def test_generation_config_object_carries_jacobi_n(model):
 
 def test_returned_states_form_block_trajectories(model):
     input_ids, attention_mask = random_prompts(2, [5, 7], seed=28)
-    reference = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=40, eos_token_id=None)
+    reference = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=40, eos_token_id=None
+    )
     early_eos = int(reference[0, input_ids.shape[1] + 12])
     for init, eos in (("random", None), (oracle_init(reference, 3), None), ("random", early_eos)):
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=30, eos_token_id=eos, jacobi_n=8,
-            jacobi_init=init, jacobi_return_states=True, return_dict_in_generate=True,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=30,
+            eos_token_id=eos,
+            jacobi_n=8,
+            jacobi_init=init,
+            jacobi_return_states=True,
+            return_dict_in_generate=True,
         )
         prompt = input_ids.shape[1]
         # Blocks are shared by the batch; a row that finished early took part in the first ones only.

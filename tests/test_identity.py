@@ -113,7 +113,11 @@ def test_mixin_and_callable_give_the_same_result():
     try:
         via_mixin = enabled.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, jacobi_n=4)
         out = enabled.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12, jacobi_n=4, return_dict_in_generate=True
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=12,
+            jacobi_n=4,
+            return_dict_in_generate=True,
         )
     finally:
         enabled.__class__ = enabled.__class__.__mro__[2]  # the cached tiny model is shared: undo the mixin

@@ -11,7 +11,9 @@ import transformers
 VOCAB = 320
 PAD, BOS, EOS = 0, 1, 2
 _COMMON = dict(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
-_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+_DECODER = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256
+)
 
 # name -> (model class, config class, config kwargs). Mistral and the Gemma family use sliding windows smaller than
 # the sequences in the tests, so cropping past the window is exercised.

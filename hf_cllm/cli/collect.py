@@ -35,17 +35,29 @@ def run(args) -> int:
     from ..collection import collect_trajectories, push_trajectories
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device == "auto":
-        from accelerate import PartialState
         import torch
+        from accelerate import PartialState
 
         args.device = str(PartialState(cpu=not torch.cuda.is_available()).device)
     model, tokenizer = load_model_and_tokenizer(args)
     try:
         rows = collect_trajectories(
-            model, tokenizer, args.dataset, jacobi_n=args.jacobi_n, max_new_tokens=args.max_new_tokens,
-            output_dir=args.output_dir, task=args.task, chat=args.chat, batch_size=args.batch_size,
-            augment=args.augment, clean=args.clean, max_states_per_block=args.max_states_per_block, seed=args.seed,
-            shard_size=args.shard_size, split=args.split, limit=args.limit,
+            model,
+            tokenizer,
+            args.dataset,
+            jacobi_n=args.jacobi_n,
+            max_new_tokens=args.max_new_tokens,
+            output_dir=args.output_dir,
+            task=args.task,
+            chat=args.chat,
+            batch_size=args.batch_size,
+            augment=args.augment,
+            clean=args.clean,
+            max_states_per_block=args.max_states_per_block,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            split=args.split,
+            limit=args.limit,
         )
         if args.push_to_hub:
             print(f"Pushed: {push_trajectories(args.output_dir, args.push_to_hub)}")

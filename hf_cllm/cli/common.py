@@ -26,12 +26,17 @@ def positive_int(text: str) -> int:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
-        "--model", default=EMBEDDED_MODEL_NAME,
+        "--model",
+        default=EMBEDDED_MODEL_NAME,
         help=f"Hub id, local model folder, or {EMBEDDED_MODEL_NAME!r}, the embedded default (works offline)",
     )
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="auto: float32 on CPU (exact comparisons), bfloat16 on GPU")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: float32 on CPU (exact comparisons), bfloat16 on GPU",
+    )
     group.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
 
 

@@ -96,7 +96,7 @@ def run(args) -> int:
         f"\nnot trained for it: it fixes about one token per forward pass (TPF {tokens / jacobi_forwards:.2f}), and the"
         "\nextra work of the block makes it slower than greedy. A consistency-trained model (a CLLM) also gets tokens"
         "\nright behind wrong ones (yellow) and fixes several per pass: that is where the 2-3x speedup comes from."
-        "\n\nNext: `hf-cllm generate --prompt \"...\" --chat` for your own prompt; docs/decoding.md for the API;"
+        '\n\nNext: `hf-cllm generate --prompt "..." --chat` for your own prompt; docs/decoding.md for the API;'
         "\ndocs/benchmarks.md for measured speed."
     )
     return 0

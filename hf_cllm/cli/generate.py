@@ -32,13 +32,18 @@ def run(args) -> int:
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     start = time.perf_counter()
     out = model.generate(
-        **inputs, max_new_tokens=args.max_new_tokens, jacobi_n=args.jacobi_n, jacobi_init=args.jacobi_init,
-        streamer=streamer, return_dict_in_generate=True,
+        **inputs,
+        max_new_tokens=args.max_new_tokens,
+        jacobi_n=args.jacobi_n,
+        jacobi_init=args.jacobi_init,
+        streamer=streamer,
+        return_dict_in_generate=True,
     )
     seconds = time.perf_counter() - start
     tokens, forwards = int(out.num_new_tokens[0]), int(out.num_forward_passes[0])
     print(
-        f"\n[{tokens} tokens in {forwards} forward passes: TPF {tokens / forwards:.2f}, {tokens / seconds:.1f} tokens/s; "
+        f"\n[{tokens} tokens in {forwards} forward passes: TPF {tokens / forwards:.2f}, "
+        f"{tokens / seconds:.1f} tokens/s; "
         f"iterations per block of {args.jacobi_n}: {out.iterations_per_block[0]}]",
         file=sys.stderr,
     )
