@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
 from hf_cllm.collection import collect_trajectories, load_prompt_rows, tokenize_prompts
+from hf_cllm.speed import eos_token_ids
 
 
 @torch.no_grad()
@@ -62,8 +63,7 @@ def main(argv=None) -> int:
     path = args.model or str(embedded_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoCLLMForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    eos = model.generation_config.eos_token_id
-    eos_ids = set([eos] if isinstance(eos, int) else eos)
+    eos_ids = set(eos_token_ids(model))
     rows = load_prompt_rows(args.prompts, limit=args.num_prompts)
     prompt_ids, _ = tokenize_prompts(rows, tokenizer, "gsm8k", True, None, args.max_new_tokens)
 

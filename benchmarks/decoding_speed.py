@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
 from hf_cllm.cli.demo import DEMO_QUESTIONS
-from hf_cllm.speed import MethodSummary, timed_generate
+from hf_cllm.speed import MethodSummary, eos_token_ids, timed_generate
 
 
 def load_questions(path: str | None, count: int) -> list[str]:
@@ -69,8 +69,7 @@ def main(argv=None) -> int:
     path = args.model or str(embedded_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoCLLMForCausalLM.from_pretrained(path, dtype=torch.float32).to(args.device).eval()
-    eos = model.generation_config.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    eos = eos_token_ids(model)
 
     questions = load_questions(args.prompts, args.num_prompts)
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True)

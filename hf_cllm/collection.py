@@ -309,6 +309,7 @@ def collect_trajectories(
 
     from .decoding import validate_jacobi_n
     from .modeling import enable_jacobi
+    from .speed import eos_token_ids
 
     validate_jacobi_n(jacobi_n)
     if batch_size < 1 or shard_size < 1:
@@ -341,8 +342,7 @@ def collect_trajectories(
     todo = [i for i in range(len(prompt_ids)) if i % state.num_processes == state.process_index and i not in done]
 
     enable_jacobi(teacher)
-    eos = teacher.generation_config.eos_token_id
-    eos_ids = set([eos] if isinstance(eos, int) else (eos or []))
+    eos_ids = set(eos_token_ids(teacher))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
     buffer: list[dict] = []
     bar = tqdm(

@@ -28,6 +28,12 @@ def count_forwards(model):
         handle.remove()
 
 
+def eos_token_ids(model) -> list[int]:
+    """The model's EOS ids as a list (a generation config holds one id, a list, or none)."""
+    eos = model.generation_config.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
 def new_tokens_to_eos(sequence: torch.Tensor, prompt_length: int, eos_token_ids) -> torch.Tensor:
     """The generated tokens of one row, up to and including its first EOS."""
     new = sequence[prompt_length:]

@@ -42,14 +42,13 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from ..speed import timed_generate
+    from ..speed import eos_token_ids, timed_generate
     from ..visualize import plot_trajectory, render_terminal
 
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
     model, tokenizer = load_model_and_tokenizer(args)
     chat = bool(getattr(tokenizer, "chat_template", None))
-    eos = model.generation_config.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    eos = eos_token_ids(model)
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True)
     jacobi = dict(jacobi_n=args.jacobi_n, jacobi_return_states=True)
 
