@@ -162,7 +162,7 @@ def _emit_vectorized(pred, unfinished, eos_ids, pad):
 
 def _emit_stepwise(pred, unfinished, input_ids, stopping_criteria, pad):
     """Same as `_emit_vectorized`, for arbitrary stopping criteria: they see the sequence grow one token at a time."""
-    batch, length = pred.shape
+    length = pred.shape[1]
     prefix_len = input_ids.shape[1]
     sequence = torch.cat([input_ids, pred], dim=1)
     unfinished_after = []

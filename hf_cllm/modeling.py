@@ -39,7 +39,7 @@ class JacobiGenerationMixin:
         explicit = jacobi_n is not None
         jacobi_n = jacobi_n if explicit else getattr(config, "jacobi_n", None)
         if jacobi_n is None or (not explicit and _asks_for_another_mode(config, kwargs)):
-            if jacobi_kwargs and not explicit and jacobi_n is None:
+            if jacobi_kwargs and jacobi_n is None:
                 raise ValueError(f"{sorted(jacobi_kwargs)} only apply with `jacobi_n`: pass `jacobi_n` too.")
             return super().generate(inputs, generation_config, streamer=streamer, **kwargs)
         validate_jacobi_n(jacobi_n)
