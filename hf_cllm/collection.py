@@ -307,8 +307,7 @@ def collect_trajectories(
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from .decoding import validate_jacobi_n
-    from .modeling import enable_jacobi
+    from .decoding import jacobi_generate, validate_jacobi_n
     from .speed import eos_token_ids
 
     validate_jacobi_n(jacobi_n)
@@ -341,7 +340,6 @@ def collect_trajectories(
     done = writer.done_indices()
     todo = [i for i in range(len(prompt_ids)) if i % state.num_processes == state.process_index and i not in done]
 
-    enable_jacobi(teacher)
     eos_ids = set(eos_token_ids(teacher))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
     buffer: list[dict] = []
@@ -363,6 +361,7 @@ def collect_trajectories(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
+            custom_generate=jacobi_generate,  # leaves the teacher's class untouched
             jacobi_n=jacobi_n,
             return_dict_in_generate=True,
             jacobi_return_states=True,

@@ -279,8 +279,7 @@ def jacobi_generate(
     if block_size > 1 and not cache.is_croppable:
         raise ValueError(
             f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
-            f"{type(cache).__name__} "
-            "cannot. Drop `jacobi_n` for this model."
+            f"{type(cache).__name__} cannot. Drop `jacobi_n` for this model."
         )
     # Sliding-window layers drop old states on update; recording keeps them until `crop`, so rejected guesses can be
     # rolled back (as assisted decoding does).
@@ -327,9 +326,8 @@ def jacobi_generate(
             if in_block and (block_done or stop):
                 iterations_per_block.append(block_iterations)
                 if record_states:
-                    block_states.append(input_ids[:, block_start : block_start + block_size])  # the fixed point
-                    width = min(state.shape[1] for state in block_states)
-                    jacobi_states.append(torch.stack([state[:, :width] for state in block_states]))
+                    fixed_point = input_ids[:, block_start : block_start + block_size]
+                    jacobi_states.append(_stack_states(block_states + [fixed_point]))
                     block_states = []
             if stop:
                 break
@@ -369,6 +367,13 @@ def jacobi_generate(
         iterations_per_block=[iterations_per_block[:count] for count in num_blocks.tolist()],
         jacobi_states=jacobi_states if record_states else None,
     )
+
+
+def _stack_states(states):
+    """One block's states as `(num_states, B, width)`; a block cut short (max length, all rows stopped) is as wide as
+    its narrowest state."""
+    width = min(state.shape[1] for state in states)
+    return torch.stack([state[:, :width] for state in states])
 
 
 def _forward_window(model, outputs, window, model_kwargs):

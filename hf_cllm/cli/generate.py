@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import add_model_arguments, encode_prompt, load_model_and_tokenizer, positive_int
+from .common import CLIError, add_model_arguments, encode_prompt, load_model_and_tokenizer, positive_int
 
 
 HELP = "generate from your own prompt with Jacobi decoding (streamed), then print the statistics"
@@ -24,8 +24,6 @@ def run(args) -> int:
     from transformers import TextStreamer
 
     if not args.prompt.strip():
-        from .common import CLIError
-
         raise CLIError("--prompt is empty; give the text to continue")
     model, tokenizer = load_model_and_tokenizer(args)
     inputs = encode_prompt(tokenizer, args.prompt, args.chat, model.device)
