@@ -14,6 +14,9 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "decoding": ["JacobiGenerateOutput", "jacobi_generate", "DEFAULT_JACOBI_N"],
     "collection": ["collect_trajectories", "load_trajectories", "push_trajectories"],
+    "config": ["CLLMConfig"],
+    "trainer": ["CLLMTrainer", "JacobiSpeedCallback"],
+    "packing": ["JacobiCollator"],
     "modeling": ["AutoCLLMForCausalLM", "JacobiGenerationMixin", "enable_jacobi", "set_default_jacobi_n"],
 }
 _NAME_TO_MODULE = {name: module for module, names in _LAZY.items() for name in names}
@@ -21,8 +24,11 @@ __all__ = sorted(_NAME_TO_MODULE)
 
 if TYPE_CHECKING:
     from .collection import collect_trajectories, load_trajectories, push_trajectories
+    from .config import CLLMConfig
     from .decoding import DEFAULT_JACOBI_N, JacobiGenerateOutput, jacobi_generate
     from .modeling import AutoCLLMForCausalLM, JacobiGenerationMixin, enable_jacobi, set_default_jacobi_n
+    from .packing import JacobiCollator
+    from .trainer import CLLMTrainer, JacobiSpeedCallback
 
 
 def __getattr__(name: str):

@@ -104,3 +104,35 @@ class MethodSummary:
             "speedup_median": statistics.median(speedups),
             "identical": sum(torch.equal(r.tokens, b.tokens) for r, b in zip(self.runs, self.baseline)),
         }
+
+
+@torch.no_grad()
+def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128) -> dict:
+    """Jacobi TPF (new tokens per forward pass, prefill included) over `prompts` at batch 1, and the share of prompts
+    whose Jacobi output equals the model's own greedy output. Counts only, no timing: cheap enough for evaluation
+    during training."""
+    from .decoding import jacobi_generate
+
+    training = model.training
+    model.eval()
+    eos = eos_token_ids(model)
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=eos[0] if eos else 0)
+    tokens = forwards = identical = 0
+    try:
+        for ids in prompts:
+            inputs = {
+                "input_ids": torch.tensor([ids], device=model.device),
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=model.device),
+            }
+            greedy = model.generate(**inputs, **settings)
+            jacobi = model.generate(
+                **inputs, **settings, custom_generate=jacobi_generate, jacobi_n=jacobi_n, return_dict_in_generate=True
+            )
+            greedy_tokens = new_tokens_to_eos(greedy[0], len(ids), eos)
+            jacobi_tokens = new_tokens_to_eos(jacobi.sequences[0], len(ids), eos)
+            tokens += len(jacobi_tokens)
+            forwards += int(jacobi.num_forward_passes[0])
+            identical += torch.equal(greedy_tokens, jacobi_tokens)
+    finally:
+        model.train(training)
+    return {"tpf": tokens / max(forwards, 1), "jacobi_identical": identical / max(len(prompts), 1)}

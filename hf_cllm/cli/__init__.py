@@ -12,11 +12,12 @@ import sys
 from .common import CLIError
 
 
-# name -> module; later subcommands (collect, train, bench, push) register here.
+# name -> module; later subcommands (bench, push) register here.
 SUBCOMMANDS = {
     "demo": "hf_cllm.cli.demo",
     "generate": "hf_cllm.cli.generate",
     "collect": "hf_cllm.cli.collect",
+    "train": "hf_cllm.cli.train",
 }
 
 
@@ -28,8 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
+        # A PASSTHROUGH subcommand hands its arguments (--help included) to its own parser, e.g. TRL's.
         sub = subparsers.add_parser(
-            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            add_help=not getattr(module, "PASSTHROUGH", False),
         )
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
@@ -37,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    module = importlib.import_module(SUBCOMMANDS[argv[0]]) if argv and argv[0] in SUBCOMMANDS else None
+    if getattr(module, "PASSTHROUGH", False):
+        args = argparse.Namespace(command=argv[0], arguments=argv[1:], run=module.run)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except CLIError as error:

@@ -1,0 +1,131 @@
+"""Consistency-train a model on collected Jacobi trajectories with CLLMTrainer.
+
+Built on TRL's argument parser: every CLLMConfig / SFTConfig / TrainingArguments flag and TRL's model flags
+(ModelConfig: --dtype, --attn_implementation, --use_peft, --lora_r, ...) work here and in a YAML file (--config).
+
+  hf-cllm train --model_name_or_path HuggingFaceTB/SmolLM2-135M-Instruct --trajectories traj/ \\
+      --output_dir smollm2-cllm --jacobi_n 16 [--eval_trajectories held_out/ --eval_strategy steps --eval_steps 100]
+  hf-cllm train --config train.yaml
+  accelerate launch -m hf_cllm train --config train.yaml        # DDP, FSDP or DeepSpeed from accelerate's config
+
+--model_name_or_path defaults to the embedded smollm2-135m-instruct; --trajectories takes a folder written by
+`hf-cllm collect`, a .parquet/.jsonl file, or a Hub dataset id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .common import CLIError
+
+
+HELP = "consistency-train a model on trajectories (CLLMTrainer; all TRL/TrainingArguments flags, --config YAML)"
+PASSTHROUGH = True  # the arguments go to TRL's parser, not to argparse
+
+
+@dataclass
+class TrainScriptArguments:
+    """Where the trajectories come from."""
+
+    trajectories: str = field(
+        default=None,
+        metadata={"help": "Training trajectories: a `hf-cllm collect` folder, a .parquet/.jsonl file or a Hub id."},
+    )
+    eval_trajectories: str | None = field(
+        default=None, metadata={"help": "Held-out trajectories for eval loss and eval_tpf (same forms)."}
+    )
+    eval_fraction: float = field(
+        default=0.0, metadata={"help": "Hold out this share of the training trajectories for evaluation instead."}
+    )
+
+
+def add_arguments(parser) -> None:
+    """Nothing: `hf_cllm.cli.main` hands every argument after `train` to TRL's parser (see `parser()`)."""
+
+
+def parser():
+    from trl import ModelConfig, TrlParser
+
+    from ..config import CLLMConfig
+
+    return TrlParser((TrainScriptArguments, CLLMConfig, ModelConfig), prog="hf-cllm train", description=__doc__)
+
+
+def load_trajectory_source(source: str):
+    """A collect folder, a parquet/jsonl/json file, or a Hub dataset id -> a Dataset of trajectory rows."""
+    from pathlib import Path
+
+    import datasets
+
+    from ..collection import SETTINGS_FILE, load_trajectories
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / SETTINGS_FILE).is_file():
+            raise CLIError(f"{source}: this folder was not written by `hf-cllm collect` ({SETTINGS_FILE} missing)")
+        return load_trajectories(path)
+    if path.is_file():
+        kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}.get(path.suffix)
+        if kind is None:
+            raise CLIError(f"{source}: expected a .parquet, .jsonl or .json file")
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset(source, split="train")
+    except Exception as error:  # offline, unknown repo, ...
+        raise CLIError(f"{source}: neither a local folder/file nor a loadable Hub dataset ({error})") from None
+
+
+def run(args) -> int:
+    script_args, config, model_args = parser().parse_args_and_config(args.arguments)
+    return train(script_args, config, model_args)
+
+
+def train(script_args, config, model_args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import get_peft_config
+
+    from ..assets import EMBEDDED_MODEL_NAME
+    from ..trainer import CLLMTrainer
+    from .common import resolve_model_path
+
+    if not script_args.trajectories:
+        raise CLIError("--trajectories is required: a `hf-cllm collect` output folder, a parquet file or a Hub id")
+    if not 0 <= script_args.eval_fraction < 1:
+        raise CLIError(f"--eval_fraction must be in [0, 1), got {script_args.eval_fraction}")
+    train_dataset = load_trajectory_source(script_args.trajectories)
+    eval_dataset = load_trajectory_source(script_args.eval_trajectories) if script_args.eval_trajectories else None
+    if script_args.eval_fraction and eval_dataset is None:
+        split = train_dataset.train_test_split(test_size=script_args.eval_fraction, seed=config.seed)
+        train_dataset, eval_dataset = split["train"], split["test"]
+
+    path = resolve_model_path(model_args.model_name_or_path or EMBEDDED_MODEL_NAME)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=model_args.model_revision,
+            dtype=dtype if dtype is not None else "auto",
+            attn_implementation=model_args.attn_implementation or "sdpa",
+        )
+    except OSError as error:
+        raise CLIError(f"--model_name_or_path {path}: could not load it ({str(error).splitlines()[0]})") from None
+    try:
+        trainer = CLLMTrainer(
+            model=model,
+            args=config,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args),
+        )
+    except (ValueError, TypeError) as error:
+        raise CLIError(str(error)) from None
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    if config.push_to_hub:
+        trainer.push_to_hub()
+    if trainer.is_world_process_zero():
+        print(f"Saved the CLLM to {config.output_dir} (jacobi_n={config.jacobi_n})")
+    return 0

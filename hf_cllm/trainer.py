@@ -1,0 +1,274 @@
+"""`CLLMTrainer`: consistency distillation (CLLM, arXiv 2403.00835) as a TRL `SFTTrainer`.
+
+Each training row is one prompt's Jacobi trajectory (`collect_trajectories`). The collator packs the prompt, the
+teacher's answer and one intermediate state per block into one sequence (`hf_cllm.packing`), so a single forward
+gives both losses and a single backward trains them:
+
+    loss = ar_weight · AR(answer) + consistency_weight · D(model on the fixed point, detached ‖ model on the state)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from .config import CLLMConfig
+from .losses import ar_loss, consistency_loss
+from .modeling import set_default_jacobi_n
+from .packing import JacobiCollator, model_attention_mask
+
+
+logger = logging.getLogger(__name__)
+
+TRAJECTORY_COLUMNS = ("prompt_ids", "answer_ids", "states", "state_block")
+
+CITATION = """\
+@inproceedings{kou2024cllms,
+    title     = {{CLLMs: Consistency Large Language Models}},
+    author    = {Siqi Kou and Lanxiang Hu and Zhezhi He and Zhijie Deng and Hao Zhang},
+    booktitle = {Forty-first International Conference on Machine Learning},
+    year      = {2024},
+    url       = {https://arxiv.org/abs/2403.00835}
+}"""
+
+
+class CLLMTrainer(SFTTrainer):
+    """Trains a causal LM on Jacobi trajectories so that Jacobi decoding accepts several tokens per forward pass,
+    while an AR loss keeps its greedy output.
+
+    Args:
+        model: a model, or a Hub id / folder that `SFTTrainer` loads.
+        args (`CLLMConfig`): the method's options and every `SFTConfig`/`TrainingArguments` setting.
+        train_dataset, eval_dataset: trajectory rows (`collect_trajectories` / `load_trajectories`). An evaluation
+            dataset also gives `eval_tpf` at each evaluation (`CLLMConfig.tpf_eval_prompts`).
+        processing_class: the tokenizer (required offline: SFTTrainer would otherwise fetch one from the Hub).
+        peft_config: a `peft.LoraConfig` (or other PEFT config) to train adapters instead of all weights.
+    """
+
+    _tag_names = ["trl", "cllm", "jacobi-decoding", "consistency-distillation", "hf_cllm"]
+    _name = "CLLM"
+    _paper = {"title": "CLLMs: Consistency Large Language Models", "id": "2403.00835", "citation": CITATION}
+    # compute_loss returns a mean over the micro-batch: the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model,
+        args: CLLMConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = CLLMConfig(f"{str(name).split('/')[-1] or 'model'}-CLLM")
+        if not isinstance(args, CLLMConfig):
+            raise TypeError(f"args must be a CLLMConfig (it holds jacobi_n and the losses), got {type(args).__name__}")
+        if processing_class is None and not isinstance(model, str):
+            raise ValueError("processing_class is required: pass the model's tokenizer")
+        train_dataset = prepare_trajectories(train_dataset, args, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: prepare_trajectories(v, args, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = prepare_trajectories(eval_dataset, args, "eval_dataset")
+        if data_collator is None and processing_class is not None:
+            data_collator = _default_collator(args, processing_class)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        if self.data_collator is None or not callable(self.data_collator):
+            self.data_collator = _default_collator(args, self.processing_class)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        model_attention_mask(base, torch.ones(1, 1, 1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long))
+        check_vocabulary(base, self.processing_class, [train_dataset, *_datasets(eval_dataset)])
+        set_default_jacobi_n(base, args.jacobi_n)  # the saved model decodes with the n it was trained for
+        self._cllm_base = base
+        self.add_callback(_CollatorEpoch(self.data_collator))
+        prompts = _eval_prompts(eval_dataset, args.tpf_eval_prompts)
+        if prompts:
+            self.add_callback(JacobiSpeedCallback(self, prompts, args.jacobi_n, args.tpf_eval_max_new_tokens))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """AR loss on the answer + consistency loss of the states, from one forward of the packed rows."""
+        args = self.args
+        mask = model_attention_mask(self._cllm_base, inputs["attention_mask"], inputs["position_ids"])
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"], use_cache=False
+        )
+        logits = outputs.logits
+        ar = ar_loss(logits, inputs["ar_labels"], label_smoothing=args.ar_label_smoothing)
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        consistency = consistency_loss(
+            logits[rows, inputs["student_positions"]],
+            logits[rows, inputs["teacher_positions"]],  # detached inside: the stop-gradient target
+            inputs["consistency_mask"],
+            distance=args.distance,
+            beta=args.jsd_beta,
+        )
+        loss = args.ar_weight * ar + args.consistency_weight * consistency
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["ar_loss"].append(ar.detach())
+        self._metrics[mode]["consistency_loss"].append(consistency.detach())
+        self._metrics[mode]["consistency_positions"].append(inputs["consistency_mask"].sum().float())
+        return (loss, outputs) if return_outputs else loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the model, then (unlike SFTTrainer) its model card beside it, crediting the method."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.is_world_process_zero():
+            output_dir = Path(output_dir or self.args.output_dir)
+            self.create_model_card(model_name=output_dir.name)  # written to args.output_dir
+            card = Path(self.args.output_dir) / "README.md"
+            if card.resolve() != (output_dir / "README.md").resolve():
+                os.replace(card, output_dir / "README.md")
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation loss only: the packed batches have no per-token predictions worth returning."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The losses were kept as device tensors (no host sync per step); average them, over processes too.
+        mode = "train" if self.model.training else "eval"
+        for key, values in self._metrics[mode].items():
+            if values and isinstance(values[0], torch.Tensor):
+                mean = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
+                self._metrics[mode][key] = [mean.item()]
+        super().log(logs, start_time)
+
+
+def _default_collator(args: CLLMConfig, tokenizer) -> JacobiCollator:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return JacobiCollator(
+        args.jacobi_n,
+        pad if pad is not None else 0,
+        consistency=args.consistency_loss,
+        ar_target=args.ar_target,
+        ar_on_prompt=args.ar_on_prompt,
+        first_divergence_mask=args.first_divergence_mask,
+        eos_token_id=tokenizer.eos_token_id,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+    )
+
+
+def _datasets(value) -> list:
+    if value is None:
+        return []
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def prepare_trajectories(dataset, args: CLLMConfig, name: str):
+    """Check trajectory rows against the config before any training (schema, n, labels) and drop degenerate rows."""
+    if dataset is None:
+        return None
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        raise TypeError(
+            f"{name} must be a datasets.Dataset of trajectory rows (collect_trajectories), got {dataset!r}"
+        )
+    missing = [c for c in TRAJECTORY_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{name} is not a trajectory dataset: columns {missing} are missing (it has {columns}). Collect one with "
+            "`hf_cllm.collect_trajectories` / `hf-cllm collect` and load it with `load_trajectories(dir)`"
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"{name} is empty")
+    if args.skip_degenerate and "degenerate" in columns:
+        kept = dataset.filter(lambda flags: [not f for f in flags], input_columns="degenerate", batched=True)
+        if len(kept) < len(dataset):
+            logger.warning("%s: left out %d of %d degenerate rows", name, len(dataset) - len(kept), len(dataset))
+        if len(kept) == 0:
+            raise ValueError(f"every row of {name} is flagged degenerate; set skip_degenerate=False to train on them")
+        dataset = kept
+    longest_state, longest_answer = 0, 0
+    for states, answer in zip(dataset["states"], dataset["answer_ids"]):
+        longest_state = max([longest_state, *map(len, states)])
+        longest_answer = max(longest_answer, len(answer))
+    n = args.jacobi_n
+    if longest_state > n or (longest_state < n and longest_answer > longest_state):
+        raise ValueError(
+            f"{name} was collected with jacobi_n={longest_state} but CLLMConfig.jacobi_n={n}; set jacobi_n to the "
+            "block size the trajectories were collected with (collection.json records it)"
+        )
+    if args.ar_target == "labels":
+        if "labels" not in columns or any(not labels for labels in dataset["labels"]):
+            raise ValueError(
+                f"ar_target='labels' needs a gold answer in the 'labels' column of every row of {name}; collect with "
+                "a task that keeps them (e.g. task='gsm8k') or use ar_target='teacher'"
+            )
+    return dataset
+
+
+def check_vocabulary(model, tokenizer, datasets) -> None:
+    """The tokenizer and the trajectories must fit the model's embedding matrix."""
+    size = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings only {size}: they do not belong "
+            "together (or call model.resize_token_embeddings(len(tokenizer)) first)"
+        )
+    for dataset in datasets:
+        largest = max(
+            max((max(ids, default=-1) for ids in dataset[column]), default=-1)
+            for column in ("prompt_ids", "answer_ids")
+        )
+        if largest >= size:
+            raise ValueError(
+                f"the trajectories hold token id {largest} but the model's vocabulary has {size} entries: they were "
+                "collected with another tokenizer/model"
+            )
+
+
+def _eval_prompts(eval_dataset, count: int) -> list[list[int]]:
+    datasets = _datasets(eval_dataset)
+    if not count or not datasets:
+        return []
+    return [list(ids) for ids in datasets[0].select(range(min(count, len(datasets[0]))))["prompt_ids"]]
+
+
+class _CollatorEpoch(TrainerCallback):
+    """Tells the collator which epoch it serves, so the states it draws for a row change from epoch to epoch."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.collator, "epoch"):
+            self.collator.epoch = int(state.epoch or 0)
+
+
+class JacobiSpeedCallback(TrainerCallback):
+    """At each evaluation, Jacobi-decode held-out prompts (batch 1) with the model being trained and log `eval_tpf`
+    (new tokens per forward pass, the number consistency training raises) and `eval_jacobi_identical` (share of
+    prompts whose Jacobi output equals the model's own greedy output)."""
+
+    def __init__(self, trainer, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128):
+        self.trainer, self.prompts, self.jacobi_n, self.max_new_tokens = trainer, prompts, jacobi_n, max_new_tokens
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        from .speed import jacobi_speed
+
+        figures = jacobi_speed(self.trainer.model, self.prompts, self.jacobi_n, self.max_new_tokens)
+        self.trainer.log({f"eval_{key}": value for key, value in figures.items()})
