@@ -31,18 +31,17 @@ def reference_row(model, row, n: int, single_backward: bool) -> float:
     prompt, answer = row["prompt_ids"], row["answer_ids"]
     total = 0.0
     for block, index in sorted(pick_states(row["state_block"]).items()):
-        end = min(len(answer), (block + 1) * n)
+        state = row["states"][index]
         full = torch.tensor([prompt + answer])
         labels = torch.full(full.shape, IGNORE_INDEX)
         labels[0, len(prompt) - 1 : -1] = torch.tensor(answer)
         ar = 10 * ar_loss(model(input_ids=full).logits, labels, label_smoothing=0.1)
         if not single_backward:
             ar.backward()
-        fixed = torch.tensor([prompt + answer[:end]])
-        state = torch.tensor([prompt + answer[: block * n] + row["states"][index]])
         start = len(prompt) + block * n
+        fixed = torch.tensor([prompt + answer[: block * n + len(state)]])
         teacher = model(input_ids=fixed).logits[:, start:-1].detach()
-        student = model(input_ids=state).logits[:, start:-1]
+        student = model(input_ids=torch.tensor([prompt + answer[: block * n] + state])).logits[:, start:-1]
         mask = torch.ones(student.shape[:2], dtype=torch.bool)
         consistency = consistency_loss(student, teacher, mask)
         if single_backward:
