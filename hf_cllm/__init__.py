@@ -17,6 +17,7 @@ _LAZY = {
     "config": ["CLLMConfig"],
     "trainer": ["CLLMTrainer", "JacobiSpeedCallback"],
     "packing": ["JacobiCollator"],
+    "hub": ["push_model", "push_decoder", "write_custom_generate"],
     "modeling": ["AutoCLLMForCausalLM", "JacobiGenerationMixin", "enable_jacobi", "set_default_jacobi_n"],
 }
 _NAME_TO_MODULE = {name: module for module, names in _LAZY.items() for name in names}
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .collection import collect_trajectories, load_trajectories, push_trajectories
     from .config import CLLMConfig
     from .decoding import DEFAULT_JACOBI_N, JacobiGenerateOutput, jacobi_generate
+    from .hub import push_decoder, push_model, write_custom_generate
     from .modeling import AutoCLLMForCausalLM, JacobiGenerationMixin, enable_jacobi, set_default_jacobi_n
     from .packing import JacobiCollator
     from .trainer import CLLMTrainer, JacobiSpeedCallback

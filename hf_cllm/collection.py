@@ -442,24 +442,22 @@ state of every block on its way to its fixed point was kept.
 def push_trajectories(output_dir, repo_id: str, token: str | None = None, private: bool = False) -> str:
     """Upload a collected folder (parquet shards, settings and a dataset card) as a Hub dataset; returns its URL."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from .hub import check_can_push, check_repo_id
 
     output_dir = Path(output_dir)
     if not (output_dir / SETTINGS_FILE).is_file():
         raise ValueError(f"{output_dir} holds no collected trajectories ({SETTINGS_FILE} is missing)")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo id {repo_id!r} must look like 'user-or-org/dataset-name'")
+    check_repo_id(repo_id)
+    token = check_can_push(token)
     (output_dir / "README.md").write_text(dataset_card(output_dir))
     api = HfApi(token=token)
-    try:
-        repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(
-            folder_path=str(output_dir),
-            repo_id=repo_id,
-            repo_type="dataset",
-            allow_patterns=["README.md", SETTINGS_FILE, f"{SHARD_DIR}/*.parquet"],
-            commit_message="Upload Jacobi trajectories (hf_cllm)",
-        )
-    except OfflineModeIsEnabled:
-        raise ValueError("cannot push: the Hub is offline here (HF_HUB_OFFLINE=1); nothing was uploaded") from None
+    repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(  # one commit: the dataset repo never holds half a push
+        folder_path=str(output_dir),
+        repo_id=repo_id,
+        repo_type="dataset",
+        allow_patterns=["README.md", SETTINGS_FILE, f"{SHARD_DIR}/*.parquet"],
+        commit_message="Upload Jacobi trajectories (hf_cllm)",
+    )
     return str(getattr(repo, "url", repo))

@@ -7,95 +7,57 @@ charge. [`enable_jacobi`] mixes it into an already loaded model; [`AutoCLLMForCa
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 
-from transformers import AutoModelForCausalLM, GenerationConfig, GenerationMixin
-from transformers.generation import StoppingCriteriaList, StopStringCriteria
+from transformers import AutoModelForCausalLM, GenerationMixin
 
-from .decoding import jacobi_generate, validate_jacobi_n
+from .decoding import validate_jacobi_n
+from .hub import push_model, write_custom_generate
+from .routing import route_generate
 
 
 class JacobiGenerationMixin:
-    """Adds `jacobi_n` (and `jacobi_init`, `jacobi_seed`) to `generate`; `jacobi_n=None` is stock `generate`.
+    """Adds `jacobi_n` (and `jacobi_init`, `jacobi_seed`, `jacobi_return_states`) to `generate`; `jacobi_n=None` is
+    stock `generate`. See `hf_cllm.routing.route_generate` for how a call is routed.
 
-    `jacobi_n` may also come from `model.generation_config.jacobi_n` (a CLLM saved with hf_cllm carries it). A block
-    size that comes from the config gives way to sampling, beam search and assisted decoding when those are asked for;
-    one passed explicitly to `generate` is checked and refused with them.
+    `save_pretrained` also writes the `custom_generate/` folder, so the saved model Jacobi-decodes for users who only
+    have transformers (`from_pretrained(folder, trust_remote_code=True)`); `push_to_hub` uploads it with a model card.
     """
 
-    def generate(self, inputs=None, generation_config=None, *, jacobi_n=None, streamer=None, **kwargs):
-        jacobi_kwargs = {
-            key: kwargs.pop(key) for key in ("jacobi_init", "jacobi_seed", "jacobi_return_states") if key in kwargs
-        }
-        if kwargs.get("custom_generate") is not None:  # the caller picked the decoding method: pass everything on
-            if jacobi_n is not None:
-                kwargs["jacobi_n"] = jacobi_n
-            if kwargs["custom_generate"] is jacobi_generate and streamer is not None:
-                kwargs["custom_generate"] = functools.partial(jacobi_generate, streamer=streamer)
-            return super().generate(inputs, generation_config, streamer=streamer, **jacobi_kwargs, **kwargs)
-        config = generation_config if generation_config is not None else self.generation_config
-        explicit = jacobi_n is not None
-        jacobi_n = jacobi_n if explicit else getattr(config, "jacobi_n", None)
-        if jacobi_n is None or (not explicit and _asks_for_another_mode(config, kwargs)):
-            if jacobi_kwargs and jacobi_n is None:
-                raise ValueError(f"{sorted(jacobi_kwargs)} only apply with `jacobi_n`: pass `jacobi_n` too.")
-            return super().generate(inputs, generation_config, streamer=streamer, **kwargs)
-        validate_jacobi_n(jacobi_n)
-        if kwargs.get("assistant_model") is not None:
-            raise ValueError("`jacobi_n` cannot be combined with `assistant_model`: choose one of the two.")
-        if kwargs.get("synced_gpus"):
-            raise ValueError("`synced_gpus=True` is not supported with `jacobi_n` yet; drop one of the two.")
-        stop_strings = kwargs.pop("stop_strings", None) or getattr(config, "stop_strings", None)
-        if stop_strings:
-            # `generate` keeps the tokenizer from a `custom_generate` callable, so build the criterion here.
-            stop = StopStringCriteria(kwargs.pop("tokenizer", None) or _missing_tokenizer(), stop_strings)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), stop])
-            if generation_config is not None and generation_config.stop_strings:
-                generation_config = copy.deepcopy(generation_config)
-                generation_config.stop_strings = None
-        # Likewise the streamer: bind it.
-        decoder = functools.partial(jacobi_generate, streamer=streamer) if streamer is not None else jacobi_generate
-        with _stop_strings_handled(self, bool(stop_strings)):
-            return super().generate(
-                inputs,
-                generation_config,
-                streamer=streamer,
-                custom_generate=decoder,
-                jacobi_n=jacobi_n,
-                **jacobi_kwargs,
-                **kwargs,
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        return route_generate(self, super().generate, inputs, generation_config, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_custom_generate(save_directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **kwargs,
+    ):
+        """Save to a temporary folder (weights, config, `custom_generate/`) and upload it with a model card in one
+        commit; see `hf_cllm.hub.push_model`."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **kwargs)
+            return push_model(
+                folder,
+                repo_id,
+                commit_message=commit_message,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
             )
-
-
-@contextlib.contextmanager
-def _stop_strings_handled(model, handled: bool):
-    """Hide the model's own `stop_strings` from `generate` while our criterion stands in for them (`generate` fills
-    unset values from `model.generation_config`, and would ask for the tokenizer it does not pass on)."""
-    saved = model.generation_config.stop_strings
-    if handled:
-        model.generation_config.stop_strings = None
-    try:
-        yield
-    finally:
-        model.generation_config.stop_strings = saved
-
-
-def _missing_tokenizer():
-    raise ValueError("`stop_strings` need the model's tokenizer: pass `tokenizer=` to `generate` as well.")
-
-
-def _asks_for_another_mode(config: GenerationConfig, kwargs: dict) -> bool:
-    """Whether this call wants sampling, beams or assisted decoding rather than greedy decoding."""
-    setting = lambda name: kwargs.get(name, getattr(config, name, None))  # noqa: E731
-    return bool(
-        setting("do_sample")
-        or (setting("num_beams") or 1) > 1
-        or setting("prompt_lookup_num_tokens") is not None
-        or setting("assistant_early_exit") is not None
-        or kwargs.get("assistant_model") is not None
-    )
 
 
 @functools.cache

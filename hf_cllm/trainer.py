@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from .config import CLLMConfig
+from .hub import CITATION, model_card, write_custom_generate
 from .losses import ar_loss, consistency_loss
 from .modeling import set_default_jacobi_n
 from .packing import JacobiCollator, model_attention_mask
@@ -26,15 +27,6 @@ from .packing import JacobiCollator, model_attention_mask
 logger = logging.getLogger(__name__)
 
 TRAJECTORY_COLUMNS = ("prompt_ids", "answer_ids", "states", "state_block")
-
-CITATION = """\
-@inproceedings{kou2024cllms,
-    title     = {{CLLMs: Consistency Large Language Models}},
-    author    = {Siqi Kou and Lanxiang Hu and Zhezhi He and Zhijie Deng and Hao Zhang},
-    booktitle = {Forty-first International Conference on Machine Learning},
-    year      = {2024},
-    url       = {https://arxiv.org/abs/2403.00835}
-}"""
 
 
 class CLLMTrainer(SFTTrainer):
@@ -140,6 +132,40 @@ class CLLMTrainer(SFTTrainer):
             card = Path(self.args.output_dir) / "README.md"
             if card.resolve() != (output_dir / "README.md").resolve():
                 os.replace(card, output_dir / "README.md")
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Every save (final model and checkpoints) also gets `custom_generate/`, so the folder Jacobi-decodes for
+        users who only have transformers."""
+        super()._save(output_dir, state_dict)
+        if self.is_world_process_zero():
+            write_custom_generate(output_dir or self.args.output_dir)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
+        """hf_cllm's model card (usage with and without hf_cllm, extra generate arguments, citation), with how the
+        model was trained and the last measured `eval_tpf`."""
+        if not self.is_world_process_zero():
+            return
+        args = self.args
+        base = getattr(self._cllm_base.config, "_name_or_path", None)
+        base = base if base and not os.path.isdir(base) else None
+        training = (
+            f"Trained with hf_cllm's `CLLMTrainer` (TRL `SFTTrainer`) for {self.state.global_step} steps: "
+            f"{args.consistency_loss} consistency loss ({args.distance}), AR weight {args.ar_weight} on the "
+            f"{args.ar_target} answer, learning rate {args.learning_rate}."
+        )
+        evaluations = [log for log in self.state.log_history if "eval_tpf" in log]
+        figures = None
+        if evaluations:
+            last = evaluations[-1]
+            figures = {
+                "TPF (Jacobi tokens per forward pass, held-out prompts, batch 1)": round(last["eval_tpf"], 3),
+                "Jacobi output identical to greedy": f"{last['eval_jacobi_identical']:.0%}",
+                "at training step": last["step"],
+            }
+        card = model_card(args.jacobi_n, repo_id=args.hub_model_id or model_name, base_model=base, figures=figures,
+                          training=training)  # fmt: skip
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "README.md").write_text(card)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation loss only: the packed batches have no per-token predictions worth returning."""

@@ -231,10 +231,13 @@ def test_hub_dataset_offline_is_a_clear_error(teacher, tmp_path):
 
 
 def test_collect_command_and_push_with_a_mocked_hub(teacher, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
     from huggingface_hub import HfApi
 
     from hf_cllm.cli import main
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # "online", every call captured below
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
     model_dir = tmp_path / "teacher"
     teacher.save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
@@ -287,7 +290,7 @@ def test_push_errors(teacher, tmp_path):
     with pytest.raises(ValueError, match="no collected trajectories"):
         collection.push_trajectories(tmp_path, "someone/x")
     collect(teacher, tmp_path / "t", prompts=PROMPTS[:2])
-    with pytest.raises(ValueError, match="must look like"):
+    with pytest.raises(ValueError, match="is malformed"):
         collection.push_trajectories(tmp_path / "t", "not a repo id")
     with pytest.raises(ValueError, match="offline"):
         collection.push_trajectories(tmp_path / "t", "someone/x")

@@ -242,6 +242,8 @@ def test_consistency_training_raises_tpf_and_stays_lossless(toy_trajectories, tm
     # An independent measurement agrees with the logged one, and the greedy answers kept their quality.
     assert jacobi_speed(model, prompts, N, 32)["tpf"] == pytest.approx(after["eval_tpf"])
     assert counting_share(model, prompts) >= 0.9  # greedy answers still follow the language's rule
+    trainer.save_model()
+    assert f"| {round(after['eval_tpf'], 3)} |" in (tmp_path / "out" / "README.md").read_text()  # measured TPF
     losses = [log for log in trainer.state.log_history if "ar_loss" in log and "eval_tpf" not in log]
     assert losses[-1]["consistency_loss"] < 0.5 * losses[0]["consistency_loss"]
 
@@ -344,7 +346,8 @@ def test_saved_model_reloads_and_decodes_with_its_jacobi_n(toy_trajectories, tmp
     trainer.train()
     trainer.save_model()
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "cllm" in card and "2403.00835" in card
+    assert "- cllm" in card and "2403.00835" in card and "CLLMTrainer" in card and "trust_remote_code=True" in card
+    assert (tmp_path / "out" / "custom_generate" / "generate.py").is_file()  # Jacobi with transformers alone
     reloaded = AutoCLLMForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert reloaded.generation_config.jacobi_n == N
     prompt = torch.tensor([held_out_prompts(1)[0]])

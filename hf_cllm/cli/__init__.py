@@ -12,12 +12,13 @@ import sys
 from .common import CLIError
 
 
-# name -> module; later subcommands (bench, push) register here.
+# name -> module; later subcommands (bench) register here.
 SUBCOMMANDS = {
     "demo": "hf_cllm.cli.demo",
     "generate": "hf_cllm.cli.generate",
     "collect": "hf_cllm.cli.collect",
     "train": "hf_cllm.cli.train",
+    "push": "hf_cllm.cli.push",
 }
 
 

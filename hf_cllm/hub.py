@@ -1,0 +1,245 @@
+"""The Hub side: the `custom_generate/` folder that makes a saved CLLM Jacobi-decode with transformers alone, its
+model card, and pushing a model folder or a standalone decoder repo.
+
+`custom_generate/` holds verbatim copies of `decoding.py` and `routing.py` and `hub_generate.py` as `generate.py`;
+they import nothing from hf_cllm (only each other, relatively), so the package and the Hub code cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+
+PACKAGE_DIR = Path(__file__).parent
+CUSTOM_GENERATE_DIR = "custom_generate"
+# file in the repo's custom_generate/ -> the package module it is a copy of
+CUSTOM_GENERATE_FILES = {"generate.py": "hub_generate.py", "decoding.py": "decoding.py", "routing.py": "routing.py"}
+# What the copied code needs; transformers checks these lines before it runs the code. Kept equal to pyproject's.
+REQUIREMENTS = ["torch>=2.6", "transformers>=5.24,<5.40"]
+TAGS = ["custom_generate", "cllm", "jacobi-decoding", "consistency-distillation", "hf_cllm"]
+CARD_MARKER = "<!-- written by hf_cllm -->"
+CITATION = """\
+@inproceedings{kou2024cllms,
+    title     = {{CLLMs: Consistency Large Language Models}},
+    author    = {Siqi Kou and Lanxiang Hu and Zhezhi He and Zhijie Deng and Hao Zhang},
+    booktitle = {Forty-first International Conference on Machine Learning},
+    year      = {2024},
+    url       = {https://arxiv.org/abs/2403.00835}
+}"""
+
+
+def write_custom_generate(folder) -> Path:
+    """Write (or refresh) `folder/custom_generate/` from the package's own modules."""
+    target = Path(folder) / CUSTOM_GENERATE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name, module in CUSTOM_GENERATE_FILES.items():
+        shutil.copyfile(PACKAGE_DIR / module, target / name)
+    (target / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+    return target
+
+
+GENERATE_ARGUMENTS = """\
+| argument | default | meaning |
+|---|---|---|
+| `jacobi_n` | the repo's `generation_config.jacobi_n` (16 for the decoder repo) | tokens per Jacobi block |
+| `jacobi_init` | `"random"` | a block's first guesses: `"random"` (context tokens), `"pad"`, or `fn(input_ids, k)` |
+| `jacobi_seed` | 0 | seed of the random guesses (results never depend on it, only speed) |
+| `jacobi_return_states` | False | also return every Jacobi state of every block (`jacobi_states`) |
+
+Everything else is `generate`'s: greedy only (`do_sample=False`); batches with left padding, EOS, `max_new_tokens`,
+stopping criteria, `stop_strings` (with `tokenizer=`), logits processors, streamers, scores and the cache work as with
+greedy decoding. With `return_dict_in_generate=True` the output also has, per row, `num_forward_passes`,
+`num_new_tokens`, `tokens_per_forward` (TPF: tokens accepted per forward pass) and `iterations_per_block`."""
+
+
+def model_card(jacobi_n: int, *, repo_id: str | None = None, base_model: str | None = None,
+               figures: dict | None = None, training: str | None = None) -> str:  # fmt: skip
+    """A model card for a CLLM: what it is, how to use it with transformers alone or with hf_cllm, the extra
+    generate arguments and outputs, measured speed when given (`figures`: tpf, speedup, ...), the citation."""
+    repo = repo_id or "path/to/this/model"
+    header = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:"]
+    header += [f"- {tag}" for tag in TAGS]
+    if base_model:
+        header.append(f"base_model: {base_model}")
+    header.append("---")
+    speed = ""
+    if figures:
+        rows = "\n".join(f"| {key} | {value} |" for key, value in figures.items())
+        speed = f"\n## Measured\n\n| figure | value |\n|---|---|\n{rows}\n"
+    return f"""{chr(10).join(header)}
+{CARD_MARKER}
+
+# {repo.split("/")[-1]}: a Consistency LLM
+
+A consistency-distilled model ([CLLM, arXiv 2403.00835](https://arxiv.org/abs/2403.00835)) made with
+hf_cllm{f", from `{base_model}`" if base_model else ""}. It decodes with
+**Jacobi decoding**: a block of {jacobi_n} tokens per step, refined in parallel until it reaches its fixed point, which
+is exactly the greedy output, so decoding is lossless and faster than token by token. {training or ""}
+
+## Use it with transformers only
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{repo}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+inputs = tokenizer("What is 12 * 7?", return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=256, return_dict_in_generate=True)   # Jacobi, n={jacobi_n}
+out.sequences          # identical to greedy decoding
+out.tokens_per_forward # tokens accepted per forward pass
+```
+
+`trust_remote_code=True` runs this repo's `custom_generate/` code (hf_cllm's decoder, plain PyTorch). Without it the
+model loads as the plain architecture and decodes greedily as usual. Sampling (`do_sample=True`) and beam search fall
+back to standard generation.
+
+## Use it with hf_cllm
+
+```python
+from hf_cllm import AutoCLLMForCausalLM
+model = AutoCLLMForCausalLM.from_pretrained("{repo}")           # no remote code
+model.generate(**inputs, max_new_tokens=256)                  # jacobi_n={jacobi_n} from the generation config
+```
+
+## Additional generate arguments and outputs
+
+{GENERATE_ARGUMENTS}
+{speed}
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+
+
+def decoder_card(repo_id: str | None = None) -> str:
+    """The card of a standalone decoder repo (custom_generate/ only), usable on any decoder-only model."""
+    repo = repo_id or "user/jacobi-decoding"
+    header = "\n".join(["---", "library_name: transformers", "tags:", *(f"- {tag}" for tag in TAGS), "---"])
+    return f"""{header}
+{CARD_MARKER}
+
+# Jacobi decoding for any causal LM (`custom_generate`)
+
+Lossless parallel decoding from hf_cllm: Jacobi decoding
+([CLLM, arXiv 2403.00835](https://arxiv.org/abs/2403.00835)) guesses a block of tokens, refines all of them in one
+forward pass per step and keeps what agrees with greedy decoding. The output is identical to greedy decoding; the
+speed-up comes from models trained for it (CLLMs accept 2-6 tokens per step, a plain model about one).
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+tokenizer = AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+inputs = tokenizer("What is 12 * 7?", return_tensors="pt")
+out = model.generate(**inputs, custom_generate="{repo}", trust_remote_code=True, jacobi_n=16,
+                     max_new_tokens=128, return_dict_in_generate=True)
+```
+
+## Additional generate arguments and outputs
+
+{GENERATE_ARGUMENTS}
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+
+
+def check_repo_id(repo_id: str) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo id {repo_id!r} is malformed ({error}); use 'user-or-org/name'") from None
+    if repo_id.count("/") != 1:
+        raise ValueError(f"repo id {repo_id!r} must look like 'user-or-org/name'")
+    return repo_id
+
+
+def check_can_push(token: str | None) -> str:
+    """Offline or without a token, say so before anything is created or uploaded."""
+    import huggingface_hub
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ValueError("cannot push: the Hub is offline here (HF_HUB_OFFLINE=1); nothing was pushed")
+    token = token or huggingface_hub.get_token()
+    if not token:
+        raise ValueError("no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass token= / --token")
+    return token
+
+
+def _upload(stage: Path, repo_id: str, token: str, *, private, commit_message, revision, create_pr) -> str:
+    """One commit with the whole staged folder, so a repo never holds half a push."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        folder_path=str(stage), repo_id=repo_id, commit_message=commit_message, revision=revision, create_pr=create_pr
+    )
+    return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+
+
+def push_model(folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
+               commit_message: str | None = None, revision: str | None = None, create_pr: bool = False,
+               jacobi_n: int | None = None, figures: dict | None = None) -> str:  # fmt: skip
+    """Push a saved model folder as a CLLM: its files, `custom_generate/`, `generation_config.jacobi_n` and a model
+    card (the folder's own, if hf_cllm wrote it). Returns the commit URL."""
+    from transformers import GenerationConfig
+
+    from .decoding import validate_jacobi_n
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is not a saved model: it has no config.json (save it with save_pretrained first)")
+    check_repo_id(repo_id)
+    token = check_can_push(token)
+    with tempfile.TemporaryDirectory() as staging:
+        stage = Path(staging) / "model"
+        shutil.copytree(folder, stage, ignore=shutil.ignore_patterns("checkpoint-*", "runs", ".*", "__pycache__"))
+        generation = (
+            GenerationConfig.from_pretrained(stage)
+            if (stage / "generation_config.json").is_file()
+            else GenerationConfig.from_model_config(json.loads((stage / "config.json").read_text()))
+        )
+        jacobi_n = jacobi_n or getattr(generation, "jacobi_n", None)
+        if jacobi_n is None:
+            raise ValueError(f"{folder} has no generation_config.jacobi_n: pass jacobi_n= / --jacobi-n")
+        generation.jacobi_n = validate_jacobi_n(jacobi_n)
+        generation._from_model_config = False
+        generation.save_pretrained(stage)
+        write_custom_generate(stage)
+        card = stage / "README.md"
+        if not (card.is_file() and CARD_MARKER in card.read_text()):
+            base = json.loads((stage / "config.json").read_text()).get("_name_or_path") or None
+            card.write_text(model_card(jacobi_n, repo_id=repo_id, base_model=base, figures=figures))
+        return _upload(stage, repo_id, token, private=private, revision=revision, create_pr=create_pr,
+                       commit_message=commit_message or "Upload CLLM (hf_cllm)")  # fmt: skip
+
+
+def push_decoder(repo_id: str, *, token: str | None = None, private: bool | None = None,
+                 commit_message: str | None = None) -> str:  # fmt: skip
+    """Push a standalone decoder repo (`custom_generate/` and a card) usable on any model with
+    `generate(..., custom_generate=repo_id, trust_remote_code=True)`. Returns the commit URL."""
+    check_repo_id(repo_id)
+    token = check_can_push(token)
+    with tempfile.TemporaryDirectory() as staging:
+        stage = Path(staging)
+        write_custom_generate(stage)
+        (stage / "README.md").write_text(decoder_card(repo_id))
+        return _upload(stage, repo_id, token, private=private, revision=None, create_pr=False,
+                       commit_message=commit_message or "Upload Jacobi decoding (hf_cllm)")  # fmt: skip
+
+
+def save_decoder(folder) -> Path:
+    """The decoder repo's content in a local folder (usable as `custom_generate=folder`)."""
+    folder = Path(folder)
+    write_custom_generate(folder)
+    (folder / "README.md").write_text(decoder_card())
+    return folder
