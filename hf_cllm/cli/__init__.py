@@ -12,13 +12,14 @@ import sys
 from .common import CLIError
 
 
-# name -> module; later subcommands (bench) register here.
+# name -> module, in the order `hf-cllm --help` lists them.
 SUBCOMMANDS = {
     "demo": "hf_cllm.cli.demo",
     "generate": "hf_cllm.cli.generate",
     "collect": "hf_cllm.cli.collect",
     "train": "hf_cllm.cli.train",
     "push": "hf_cllm.cli.push",
+    "bench": "hf_cllm.cli.bench",
 }
 
 

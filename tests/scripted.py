@@ -1,0 +1,36 @@
+"""A tiny Llama that has memorised given texts, so a benchmark on it has outputs, hence scores, known in advance."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import transformers
+from tiny import EOS, PAD, VOCAB, tiny_tokenizer
+
+
+@functools.cache
+def memorizing_model(texts: tuple[str, ...], steps: int = 400):
+    """Trained (plain torch) until greedy decoding of each text's prefix reproduces the text and then EOS."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    encoded = [tokenizer(text)["input_ids"] + [EOS] for text in texts]
+    width = max(map(len, encoded))
+    batch = torch.full((len(encoded), width), PAD)
+    labels = torch.full((len(encoded), width), -100)
+    for i, ids in enumerate(encoded):
+        batch[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(ids)] = torch.tensor(ids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        model(input_ids=batch, attention_mask=(labels != -100).long(), labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = EOS
+    return model.eval()

