@@ -41,10 +41,11 @@ class JacobiGenerationMixin:
         token: str | None = None,
         revision: str | None = None,
         create_pr: bool = False,
+        jacobi_n: int | None = None,
         **kwargs,
     ):
         """Save to a temporary folder (weights, config, `custom_generate/`) and upload it with a model card in one
-        commit; see `hf_cllm.hub.push_model`."""
+        commit; see `hf_cllm.hub.push_model`. `jacobi_n` is needed when the model has none in its generation config."""
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
@@ -57,6 +58,7 @@ class JacobiGenerationMixin:
                 token=token,
                 revision=revision,
                 create_pr=create_pr,
+                jacobi_n=jacobi_n,
             )
 
 

@@ -6,6 +6,7 @@ Forward passes are counted with a forward pre-hook on the model, never by trusti
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -67,13 +68,26 @@ class Run:
         return len(self.tokens) / self.seconds
 
 
+def baseline_generate(model, **kwargs):
+    """transformers' own `generate`, even on an hf_cllm model whose generation config carries `jacobi_n` (a CLLM):
+    the greedy baseline must not quietly be Jacobi decoding."""
+    from transformers import GenerationMixin
+
+    if not isinstance(model, GenerationMixin):  # e.g. a PEFT wrapper, whose base model is a plain one
+        return model.generate(**kwargs)
+    return GenerationMixin.generate(model, **kwargs)
+
+
 def timed_generate(model, inputs: dict, eos_token_ids, **generate_kwargs) -> Run:
-    """Time one whole `generate` call (prefill included) and count its forward passes."""
+    """Time one whole `generate` call (prefill included) and count its forward passes. Without `jacobi_n` or
+    `custom_generate` in the arguments this is the stock greedy baseline (`baseline_generate`)."""
     prompt_length = inputs["input_ids"].shape[1]
+    jacobi = "jacobi_n" in generate_kwargs or "custom_generate" in generate_kwargs
+    generate = model.generate if jacobi else functools.partial(baseline_generate, model)
     _synchronize(model.device)
     with count_forwards(model) as calls:
         start = time.perf_counter()
-        out = model.generate(**inputs, **generate_kwargs)
+        out = generate(**inputs, **generate_kwargs)
         _synchronize(model.device)
         seconds = time.perf_counter() - start
     sequences = out.sequences if hasattr(out, "sequences") else out
@@ -124,7 +138,7 @@ def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens:
                 "input_ids": torch.tensor([ids], device=model.device),
                 "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=model.device),
             }
-            greedy = model.generate(**inputs, **settings)
+            greedy = baseline_generate(model, **inputs, **settings)
             jacobi = model.generate(
                 **inputs, **settings, custom_generate=jacobi_generate, jacobi_n=jacobi_n, return_dict_in_generate=True
             )

@@ -73,7 +73,8 @@ class CLLMTrainer(SFTTrainer):
             eval_dataset = {k: prepare_trajectories(v, args, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
         else:
             eval_dataset = prepare_trajectories(eval_dataset, args, "eval_dataset")
-        if data_collator is None and processing_class is not None:
+        own_collator = data_collator is None
+        if own_collator and processing_class is not None:
             data_collator = _default_collator(args, processing_class)
         super().__init__(
             model=model,
@@ -87,7 +88,7 @@ class CLLMTrainer(SFTTrainer):
             peft_config=peft_config,
             **kwargs,
         )
-        if self.data_collator is None or not callable(self.data_collator):
+        if own_collator and not isinstance(self.data_collator, JacobiCollator):  # the tokenizer was loaded by SFT
             self.data_collator = _default_collator(args, self.processing_class)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         model_attention_mask(base, torch.ones(1, 1, 1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long))

@@ -3,6 +3,7 @@ memorised its answers, so the scores are known in advance and asserted exactly."
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 from pathlib import Path
@@ -241,6 +242,12 @@ SCHEMA = {
          "SELECT name FROM singer WHERE age > 20 AND country = 'y'", False),
         ("SELECT name FROM singer INTERSECT SELECT name FROM singer WHERE age > 1", "SELECT name FROM singer", False),
         ("SELECT name FROM", "SELECT name FROM singer", False),  # does not parse
+        ("singer names", "SELECT name FROM singer", False),  # parses, but is no query
+        ("DROP TABLE singer", "SELECT name FROM singer", False),
+        ("SELECT name FROM singer WHERE age > (SELECT min(age) FROM singer)",
+         "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)", False),  # nested queries compared
+        ("SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer WHERE country = 'x')",
+         "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer WHERE country = 'y')", True),
         ("SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 2",
          "SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 5", True),
     ],
@@ -305,3 +312,19 @@ def test_spider_execution_match(tmp_path):
                                       "SELECT name FROM singer ORDER BY age", database)  # fmt: skip
     assert not spider.execution_match("DROP TABLE singer", "SELECT name FROM singer", database)  # read-only
     assert spider.execute(database, "SELECT count(*) FROM singer") == [(3,)]
+
+
+def test_the_greedy_baseline_stays_greedy_on_a_cllm():
+    """A CLLM's generation config carries jacobi_n, so its plain `generate` is Jacobi; the baseline must not be."""
+    import torch
+    from tiny import tiny_model
+
+    from hf_cllm import enable_jacobi
+    from hf_cllm.speed import timed_generate
+
+    model = enable_jacobi(copy.deepcopy(tiny_model("llama")), jacobi_n=4)  # a copy: the cached model is shared
+    inputs = {"input_ids": torch.tensor([[5, 17, 33, 8]])}
+    baseline = timed_generate(model, inputs, [], max_new_tokens=12, do_sample=False)
+    jacobi = timed_generate(model, inputs, [], max_new_tokens=12, jacobi_n=4, return_dict_in_generate=True)
+    assert baseline.forwards == 12 and not hasattr(baseline.output, "num_forward_passes")
+    assert jacobi.output.num_forward_passes is not None and torch.equal(baseline.tokens, jacobi.tokens)

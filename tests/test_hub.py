@@ -4,6 +4,7 @@ that cannot import hf_cllm, the decoder repo on a plain model, and pushes captur
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import os
 import subprocess
@@ -39,11 +40,8 @@ def test_custom_generate_is_the_package_code(tmp_path):
 
 
 def saved_cllm(folder: Path) -> Path:
-    model = enable_jacobi(tiny_model("llama"), jacobi_n=N)
-    try:
-        model.save_pretrained(folder)
-    finally:
-        del model.generation_config.jacobi_n  # the cached tiny model is shared by other tests
+    model = enable_jacobi(copy.deepcopy(tiny_model("llama")), jacobi_n=N)  # a copy: the cached model is shared
+    model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
 
@@ -142,11 +140,8 @@ def test_push_uploads_weights_config_card_and_custom_generate(tmp_path, fake_hub
 
 
 def test_model_push_to_hub_and_decoder_push(tmp_path, fake_hub):
-    model = enable_jacobi(tiny_model("llama"), jacobi_n=N)
-    try:
-        model.push_to_hub("someone/from-model")
-    finally:
-        del model.generation_config.jacobi_n
+    model = enable_jacobi(copy.deepcopy(tiny_model("llama")), jacobi_n=N)
+    model.push_to_hub("someone/from-model")
     hub.push_decoder("someone/jacobi-decoding")
     model_upload, decoder_upload = fake_hub["uploads"]
     assert "custom_generate/generate.py" in model_upload["files"] and "model.safetensors" in model_upload["files"]

@@ -523,3 +523,14 @@ def test_the_example_config_parses():
     assert (config.jacobi_n, config.ar_target, config.ar_weight) == (16, "labels", 10)
     assert config.lr_scheduler_type == "cosine" and config.warmup_steps == 0.03
     assert script.trajectories == "traj/gsm8k" and model.model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_model_path_and_no_tokenizer_loads_both(toy_folders, toy_trajectories, tmp_path):
+    from hf_cllm.packing import JacobiCollator
+
+    model_dir, _ = toy_folders
+    trainer = CLLMTrainer(model=str(model_dir / "model"), args=config(tmp_path, max_steps=1),
+                          train_dataset=toy_trajectories)  # fmt: skip
+    assert isinstance(trainer.data_collator, JacobiCollator)
+    trainer.train()
+    assert trainer.state.global_step == 1

@@ -151,9 +151,14 @@ def _aggregate(node):
     return None, _unit(node)
 
 
-def _condition_unit(condition) -> tuple[str, str]:
-    """(operator, left side) of a WHERE/HAVING condition; values are ignored, a subquery stays a subquery."""
-    return type(condition).__name__.lower(), _unit(condition.this if hasattr(condition, "this") else condition)
+def _condition_unit(condition) -> tuple:
+    """(operator, left side, nested queries) of a WHERE/HAVING condition; values are ignored, nested queries are
+    compared whole (values blanked in them too)."""
+    from sqlglot import exp
+
+    left = condition.this if isinstance(condition.this, exp.Expression) else condition
+    nested = tuple(sorted(_unit(query) for query in condition.find_all(exp.Select)))
+    return type(condition).__name__.lower(), _unit(left), nested
 
 
 def components(tree) -> dict:
@@ -165,6 +170,8 @@ def components(tree) -> dict:
         compound = (type(tree).__name__.lower(), components(tree.expression))
         tree = tree.this
     select = tree if isinstance(tree, exp.Select) else tree.find(exp.Select)
+    if select is None:
+        raise ValueError(f"not a SELECT query: {tree.sql()[:80]}")
     where, having, group = select.args.get("where"), select.args.get("having"), select.args.get("group")
     # ORDER BY / LIMIT after a compound belong to the whole query, which Spider counts with its first part.
     order = outer.args.get("order") or select.args.get("order")
@@ -232,9 +239,13 @@ def exact_set_match(predicted: str, gold: str, schema: dict) -> tuple[bool, dict
     gold_tree, predicted_tree = parse(gold, schema), parse(predicted, schema)
     if gold_tree is None:
         raise ValueError(f"the gold query does not parse: {gold}")
-    if predicted_tree is None:
+    g = components(gold_tree)
+    try:
+        p = components(predicted_tree) if predicted_tree is not None else None
+    except ValueError:  # parses, but is no query (a prediction that is prose, DDL, ...)
+        p = None
+    if p is None:
         return False, {}
-    g, p = components(gold_tree), components(predicted_tree)
     parts = {key: g[key] == p[key] for key in g if not key.startswith("_")}
     nested = (g["_nested"] is None) == (p["_nested"] is None)
     return all(parts.values()) and g["_tables"] == p["_tables"] and nested, parts
