@@ -12,7 +12,7 @@ import pytest
 from scripted import memorizing_model
 from tiny import tiny_tokenizer
 
-from hf_cllm.bench import gsm8k, humaneval, run_benchmark, spider
+from hf_cllm.bench import gsm8k, harness, humaneval, run_benchmark, spider
 from hf_cllm.bench.harness import ITEMS_FILE
 from hf_cllm.bench.sandbox import run_untrusted
 from hf_cllm.tasks import get_task
@@ -185,8 +185,8 @@ def test_an_interrupted_run_resumes_without_redoing_items(answering_model, tmp_p
     lines = items.read_text().splitlines()
     items.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing the second item
     calls = []
-    original = answering_model.generate
-    monkeypatch.setattr(answering_model, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = harness.timed_generate
+    monkeypatch.setattr(harness, "timed_generate", lambda *a, **k: calls.append(1) or original(*a, **k))
     again = run_benchmark(answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", **settings)
     assert len(calls) == 2 + 2 * 2  # warm-up (AR + Jacobi), then items 1 and 2 only
     assert again["quality"] == first["quality"] and again["items"] == 3
