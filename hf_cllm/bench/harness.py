@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from ..collection import tokenize_prompts
 from ..decoding import jacobi_generate
-from ..speed import eos_token_ids, timed_generate
+from ..speed import MethodSummary, Run, eos_token_ids, timed_generate
 
 
 BENCHMARKS = {"gsm8k": "hf_cllm.bench.gsm8k", "humaneval": "hf_cllm.bench.humaneval", "spider": "hf_cllm.bench.spider"}
@@ -42,7 +41,7 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
     from tqdm.auto import tqdm
 
     task = get_benchmark(benchmark)
-    rows = task.load_rows(data)[:limit] if limit else task.load_rows(data)
+    rows = task.load_rows(data)[:limit]
     if not rows:
         raise ValueError(f"no {benchmark} items to run (data={data!r}, limit={limit})")
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
@@ -128,22 +127,20 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
         name: task.score([item[name]["text"] for item in items], scored_rows, **options) for name in ("ar", "jacobi")
     }
     metric = next(iter(quality["ar"]))  # each task's score() puts its headline figure first
-    speed = {}
-    for name in ("ar", "jacobi"):
-        tokens = [len(item[name]["tokens"]) for item in items]
-        seconds = [item[name]["seconds"] for item in items]
-        speed[name] = {
-            "tokens_per_s_median": statistics.median(t / s for t, s in zip(tokens, seconds)),
-            "tokens_per_s_total": sum(tokens) / sum(seconds),
-            "tpf": sum(tokens) / max(sum(item[name]["forwards"] for item in items), 1),
-            "new_tokens": sum(tokens),
-        }
-    per_item_speedup = [
-        (len(i["jacobi"]["tokens"]) / i["jacobi"]["seconds"]) / (len(i["ar"]["tokens"]) / i["ar"]["seconds"])
-        for i in items
-        if i["ar"]["tokens"] and i["jacobi"]["tokens"]
-    ]
-    identical = sum(item["ar"]["tokens"] == item["jacobi"]["tokens"] for item in items)
+    # The same figures as the decoding benchmark, from the recorded runs (speed.MethodSummary).
+    runs = {
+        name: [
+            Run(torch.tensor(item[name]["tokens"]), item[name]["seconds"], item[name]["forwards"]) for item in items
+        ]
+        for name in ("ar", "jacobi")
+    }
+    figures = {name: MethodSummary(name, runs[name], runs["ar"]).figures() for name in runs}
+    speed = {
+        name: {key: figures[name][key] for key in ("tokens_per_s_median", "tokens_per_s_total", "tpf")}
+        | {"new_tokens": sum(len(run.tokens) for run in runs[name])}
+        for name in runs
+    }
+    identical = figures["jacobi"]["identical"]
     import accelerate
     import transformers
 
@@ -156,7 +153,7 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
             name: {k: v for k, v in quality[name].items() if k not in ("per_item", "status")} for name in quality
         },
         "speed": speed,
-        "speedup_median": statistics.median(per_item_speedup) if per_item_speedup else None,
+        "speedup_median": figures["jacobi"]["speedup_median"],
         "identical": identical,
         "identical_rate": identical / len(items),
         "per_item": [
