@@ -1,11 +1,14 @@
-"""Greedy AR vs Jacobi decoding, measured side by side in one process on the same prompts.
+"""Greedy AR vs prompt lookup vs Jacobi decoding (fixed n and "auto"), side by side in one process, same prompts.
 
-    python benchmarks/decoding_speed.py                                   # embedded SmolLM2-135M-Instruct
-    python benchmarks/decoding_speed.py --prompts gsm8k_test.jsonl --num-prompts 10 --ns 4 8 16 32
+    python benchmarks/decoding_speed.py                     # embedded SmolLM2-135M-Instruct, demo prompts
+    python benchmarks/decoding_speed.py --task gsm8k --num-prompts 10 --ns 4 8 16 32 --auto
+    python benchmarks/decoding_speed.py --task humaneval --prompts HumanEval.jsonl.gz --ns 16 --auto
 
-Per prompt the methods run back to back (AR, Jacobi n=..., AR again; the two AR runs show the noise), after one
-excluded warm-up. Prints a Markdown table: tokens/s (median and total), TPF (tokens per forward, forwards counted by
-a hook), speedup (median per-prompt ratio of time per token, AR ÷ method) and how many outputs are identical to AR.
+Per prompt the methods run back to back (AR, HF prompt lookup, Jacobi n=..., Jacobi auto, AR again; the two AR runs
+show the noise), after one excluded warm-up of each. `--task` takes its prompts (in the benchmarks' format) from
+`--prompts` or, without it, from the Hub / the offline packages as `hf-cllm bench` does. Prints a Markdown table:
+tokens/s (median and total), TPF (tokens per forward, forwards counted by a hook), speedup (median per-prompt ratio
+of time per token, AR ÷ method) and how many outputs are identical to AR.
 """
 
 from __future__ import annotations
@@ -22,15 +25,23 @@ from transformers import AutoTokenizer
 
 from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
+from hf_cllm.bench.harness import get_benchmark
 from hf_cllm.cli.demo import DEMO_QUESTIONS
+from hf_cllm.collection import tokenize_prompts
 from hf_cllm.speed import MethodSummary, eos_token_ids, timed_generate
 
 
-def load_questions(path: str | None, count: int) -> list[str]:
-    if path is None:
-        return DEMO_QUESTIONS[:count]
-    with open(path) as handle:
-        return [json.loads(line)["question"] for line in handle if line.strip()][:count]
+def load_prompts(task: str | None, path: str | None, count: int, tokenizer, max_new_tokens: int) -> list[list[int]]:
+    """Token ids of the prompts: a benchmark's (its format, chat template when there is one) or the demo's."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    if task is None:
+        rows, task_format = [{"prompt": question} for question in DEMO_QUESTIONS[:count]], "generic"
+    else:
+        benchmark = get_benchmark(task)
+        rows = [benchmark.prompt_row(row, chat=chat) for row in benchmark.load_rows(path)[:count]]
+        task_format = benchmark.TASK
+    prompts, _ = tokenize_prompts(rows, tokenizer, task_format, chat, None, max_new_tokens)
+    return prompts
 
 
 def forward_cost_curve(model, tokenizer, sizes=(1, 4, 8, 16, 32), context=150, repeats=3) -> dict[int, float]:
@@ -55,11 +66,14 @@ def forward_cost_curve(model, tokenizer, sizes=(1, 4, 8, 16, 32), context=150, r
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="Hub id or folder (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--prompts", default=None, help="jsonl with a 'question' field (e.g. GSM8K test)")
+    parser.add_argument("--task", choices=["gsm8k", "humaneval", "spider"], default=None, help="default: demo prompts")
+    parser.add_argument("--prompts", default=None, help="the task's data file (default: Hub, or offline packages)")
     parser.add_argument("--num-prompts", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--ns", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--ns", type=int, nargs="*", default=[4, 8, 16, 32], help="fixed block sizes to run")
     parser.add_argument("--inits", nargs="+", default=["random"], help="jacobi_init values to compare")
+    parser.add_argument("--auto", action="store_true", help='also run jacobi_n="auto"')
+    parser.add_argument("--prompt-lookup", type=int, default=10, help="HF prompt lookup tokens (0: do not run it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the figures here")
@@ -71,34 +85,36 @@ def main(argv=None) -> int:
     model = AutoCLLMForCausalLM.from_pretrained(path, dtype=torch.float32).to(args.device).eval()
     eos = eos_token_ids(model)
 
-    questions = load_questions(args.prompts, args.num_prompts)
+    prompts = load_prompts(args.task, args.prompts, args.num_prompts, tokenizer, args.max_new_tokens)
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True)
     methods = [("AR greedy", {})]
+    if args.prompt_lookup:
+        methods += [(f"HF prompt lookup ({args.prompt_lookup})", {"prompt_lookup_num_tokens": args.prompt_lookup})]
     methods += [
         (f"Jacobi n={n} init={init}", {"jacobi_n": n, "jacobi_init": init}) for init in args.inits for n in args.ns
     ]
+    if args.auto:
+        methods += [("Jacobi auto", {"jacobi_n": "auto"})]
     methods += [("AR greedy (again)", {})]
     summaries = {name: MethodSummary(name) for name, _ in methods}
 
-    def encode(question):
-        messages = [{"role": "user", "content": question}]
-        return tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(args.device)
+    def encode(ids):
+        return {"input_ids": torch.tensor([ids], device=args.device),
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=args.device)}  # fmt: skip
 
-    warm = encode(questions[0])
-    for _, extra in methods[:2]:
+    warm = encode(prompts[0])  # also where "auto" measures its forward costs, once
+    for _, extra in methods[:-1]:
         timed_generate(model, warm, eos, **{**common, **extra, "max_new_tokens": 8})
 
-    for index, question in enumerate(questions, 1):
-        inputs = encode(question)
+    for index, ids in enumerate(prompts, 1):
+        inputs = encode(ids)
         baseline = None
         for name, extra in methods:
             run = timed_generate(model, inputs, eos, **common, **extra)
             baseline = baseline or run
             summaries[name].runs.append(run)
             summaries[name].baseline.append(baseline)
-        print(f"[{index}/{len(questions)}] {len(baseline.tokens)} tokens", file=sys.stderr, flush=True)
+        print(f"[{index}/{len(prompts)}] {len(baseline.tokens)} tokens", file=sys.stderr, flush=True)
 
     rows = [summaries[name].figures() for name, _ in methods]
     costs = forward_cost_curve(model, tokenizer)
@@ -110,8 +126,9 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "prompts": len(questions),
-        "prompt_source": args.prompts or "builtin GSM8K-style questions",
+        "prompts": len(prompts),
+        "prompt_source": args.task or "builtin GSM8K-style questions",
+        "prompt_file": args.prompts,
         "max_new_tokens": args.max_new_tokens,
         "command": " ".join(sys.argv),
     }

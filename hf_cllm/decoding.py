@@ -20,9 +20,13 @@ import torch
 from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
+from .windows import AutoWindows, FixedBlocks, NgramGuesses, measure_costs, timer
+
 
 DEFAULT_JACOBI_N = 16
-JACOBI_INITS = ("random", "pad")
+JACOBI_INITS = ("random", "pad", "ngram")
+# `generate` arguments that only apply together with `jacobi_n`
+JACOBI_KWARGS = ("jacobi_init", "jacobi_seed", "jacobi_return_states", "jacobi_max_n", "jacobi_costs")
 
 # `jacobi_init` may also be a callable: (input_ids [B, T], num_guesses) -> LongTensor [B, num_guesses].
 GuessFn = Callable[[torch.LongTensor, int], torch.LongTensor]
@@ -42,7 +46,8 @@ class JacobiGenerateOutput(GenerateDecoderOnlyOutput):
             `num_new_tokens / num_forward_passes`, the TPF: 1.0 for greedy decoding, higher is faster.
         iterations_per_block (`list[list[int]]`):
             For each row, the Jacobi iterations (forward passes) each of its n-token blocks took to reach its fixed
-            point; at most n, and 1 when every guess was already right.
+            point; at most n, and 1 when every guess was already right. `None` with `jacobi_n="auto"`, which has
+            no fixed blocks.
         jacobi_states (`list[torch.LongTensor]`, *optional*, returned with `jacobi_return_states=True`):
             The Jacobi trajectory: for each block (shared by the batch), a tensor `(num_states, batch_size, n)` of the
             block's state before every iteration, from the initial guess to the fixed point (the last state). A
@@ -56,12 +61,14 @@ class JacobiGenerateOutput(GenerateDecoderOnlyOutput):
     jacobi_states: list[torch.LongTensor] | None = None
 
 
-def validate_jacobi_n(jacobi_n) -> int:
-    """`jacobi_n` must be a positive int; say what to pass instead."""
+def validate_jacobi_n(jacobi_n) -> int | str:
+    """`jacobi_n` must be a positive int or "auto"; say what to pass instead."""
+    if jacobi_n == "auto":
+        return jacobi_n
     if isinstance(jacobi_n, bool) or not isinstance(jacobi_n, int) or jacobi_n < 1:
         raise ValueError(
-            f"`jacobi_n` must be a positive integer, the number of tokens decoded per block (got {jacobi_n!r}). "
-            "Pass e.g. `jacobi_n=16`, or `jacobi_n=None` for standard generation."
+            f'`jacobi_n` must be a positive integer, the number of tokens decoded per block, or "auto" '
+            f"(got {jacobi_n!r}). Pass e.g. `jacobi_n=16`, or `jacobi_n=None` for standard generation."
         )
     return jacobi_n
 
@@ -97,8 +104,11 @@ def _check_supported(model, generation_config) -> None:
         )
 
 
-def _guess_fn(jacobi_init, jacobi_seed: int, pad_token_id, device) -> Callable:
+def _guess_fn(jacobi_init, jacobi_seed: int, pad_token_id, batch_size, device) -> Callable:
     """The initial guesses of a block: (input_ids, attention_mask, k) -> LongTensor [B, k]."""
+    if jacobi_init == "ngram":
+        fallback = _guess_fn("random", jacobi_seed, pad_token_id, batch_size, device)
+        return NgramGuesses(batch_size, device, fallback)
     if callable(jacobi_init):
         return lambda input_ids, attention_mask, k: jacobi_init(input_ids, k).to(device=device, dtype=torch.long)
     if jacobi_init == "pad":
@@ -210,10 +220,12 @@ def jacobi_generate(
     generation_config,
     synced_gpus: bool = False,
     streamer=None,
-    jacobi_n: int | None = None,
+    jacobi_n: int | str | None = None,
     jacobi_init: str | GuessFn = "random",
     jacobi_seed: int = 0,
     jacobi_return_states: bool = False,
+    jacobi_max_n: int = DEFAULT_JACOBI_N,
+    jacobi_costs: list[float] | None = None,
     **model_kwargs,
 ):
     """Greedy Jacobi decoding, token-identical to `generate(do_sample=False)`.
@@ -225,21 +237,48 @@ def jacobi_generate(
     `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, stop_strings)])`).
 
     Args:
-        jacobi_n (`int`, *optional*):
+        jacobi_n (`int` or `"auto"`, *optional*):
             Block size n: tokens guessed and verified per forward pass. Defaults to `generation_config.jacobi_n`,
-            else 16. `jacobi_n=1` is plain greedy decoding through the same loop.
+            else 16. `jacobi_n=1` is plain greedy decoding through the same loop. `"auto"` chooses before every
+            forward between one greedy token, checking an n-gram guess and a Jacobi block, by the tokens per unit
+            of forward cost each gives on this model and device (`hf_cllm.windows.AutoWindows`).
         jacobi_init (`str` or callable, *optional*, defaults to `"random"`):
             Initial guesses of a block: `"random"` draws tokens from the row's own prompt and output (the paper),
-            `"pad"` fills with the pad token, a callable `(input_ids, num_guesses) -> LongTensor` gives them itself.
-            Only speed depends on it, never the output.
+            `"pad"` fills with the pad token, `"ngram"` continues the latest earlier occurrence of the last tokens
+            (prompt lookup) or an n-gram seen in earlier iterations, else random; a callable
+            `(input_ids, num_guesses) -> LongTensor` gives them itself. Only speed depends on it, never the output.
+            With `"auto"` it is what fills the positions no n-gram covers.
         jacobi_seed (`int`, *optional*, defaults to 0):
             Seed of the `"random"` initialisation.
         jacobi_return_states (`bool`, *optional*, defaults to `False`):
             With `return_dict_in_generate=True`, also return every state of every block (`jacobi_states`).
+        jacobi_max_n (`int`, *optional*, defaults to 16):
+            With `jacobi_n="auto"`: the longest window it may use.
+        jacobi_costs (`list[float]`, *optional*):
+            With `jacobi_n="auto"`: the cost of a forward over 1 … `jacobi_max_n` new tokens relative to one
+            (`jacobi_costs[0]` is for one token). Measured on the model once per device, dtype and batch size when
+            not given (a few forwards after the first prefill).
     """
     if jacobi_n is None:
         jacobi_n = getattr(generation_config, "jacobi_n", None) or DEFAULT_JACOBI_N
     block_size = validate_jacobi_n(jacobi_n)
+    auto = block_size == "auto"
+    if auto:
+        if isinstance(jacobi_max_n, bool) or not isinstance(jacobi_max_n, int) or jacobi_max_n < 1:
+            raise ValueError(
+                f'`jacobi_max_n` must be a positive integer, the longest window `jacobi_n="auto"` may use (got '
+                f"{jacobi_max_n!r}). Pass e.g. `jacobi_max_n=16`."
+            )
+        if jacobi_return_states:
+            raise ValueError(
+                '`jacobi_return_states` records the states of fixed n-token blocks, which `jacobi_n="auto"` does not '
+                "have: pass an integer `jacobi_n`, or drop `jacobi_return_states`."
+            )
+        if jacobi_costs is not None and len(jacobi_costs) != jacobi_max_n:
+            raise ValueError(
+                f"`jacobi_costs` needs one relative cost per window length 1 … `jacobi_max_n` ({jacobi_max_n}), got "
+                f"{len(jacobi_costs)}; or leave it out to measure it."
+            )
     _check_supported(model, generation_config)
     if model_kwargs.get("inputs_embeds") is not None:
         raise ValueError("`jacobi_n` needs `input_ids`; generation from `inputs_embeds` is not supported with it.")
@@ -255,7 +294,7 @@ def jacobi_generate(
     # EOS and max length are checked for the whole window at once; other criteria see the sequence grow stepwise.
     stepwise = any(not isinstance(c, (EosTokenCriteria, MaxLengthCriteria)) for c in stopping_criteria)
     max_length = stopping_criteria.max_length
-    guesses_for = _guess_fn(jacobi_init, jacobi_seed, generation_config._pad_token_tensor, device)
+    guesses_for = _guess_fn(jacobi_init, jacobi_seed, generation_config._pad_token_tensor, batch_size, device)
 
     want_scores = generation_config.return_dict_in_generate and generation_config.output_scores
     want_logits = generation_config.return_dict_in_generate and generation_config.output_logits
@@ -276,7 +315,7 @@ def jacobi_generate(
     if cache is None:
         raise ValueError(f"`jacobi_n` needs a KV cache, and {type(model).__name__} returned none. Drop `jacobi_n`.")
     # Some layers (linear attention) only know after their first update whether they can roll back.
-    if block_size > 1 and not cache.is_croppable:
+    if (auto or block_size > 1) and not cache.is_croppable:
         raise ValueError(
             f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
             f"{type(cache).__name__} cannot. Drop `jacobi_n` for this model."
@@ -284,6 +323,15 @@ def jacobi_generate(
     # Sliding-window layers drop old states on update; recording keeps them until `crop`, so rejected guesses can be
     # rolled back (as assisted decoding does).
     cache.activate_past_recording()
+    if auto:
+        if jacobi_costs is None:
+            key = (str(device), str(model.dtype), batch_size)
+            time_forward = _window_timer(model, outputs, cache, input_ids, model_kwargs)
+            jacobi_costs = measure_costs(model, key, jacobi_max_n, time_forward)[1:]
+        ngram = guesses_for if isinstance(guesses_for, NgramGuesses) else NgramGuesses(batch_size, device, guesses_for)
+        planner = AutoWindows(jacobi_max_n, [0.0, *map(float, jacobi_costs)], ngram)
+    else:
+        planner = FixedBlocks(block_size, guesses_for)
     window, logits = input_ids[:, -1:], outputs.logits[:, -1:]
     in_block, block_iterations = False, 0
 
@@ -334,12 +382,8 @@ def jacobi_generate(
             if block_done:
                 in_block, block_iterations, block_start = True, 0, input_ids.shape[1] - 1
                 num_blocks += unfinished
-                guesses = input_ids[:, :0]
-                if block_size > 1:
-                    guesses = guesses_for(input_ids, model_kwargs.get("attention_mask"), block_size - 1)
-            else:
-                # As in the paper, the window shrinks to the block's unsettled positions.
-                guesses = pred[:, keep:-1]
+            # Fixed n: a new block's guesses, or (as in the paper) the window shrinks to the unsettled positions.
+            guesses = planner.next_guesses(input_ids, model_kwargs.get("attention_mask"), window, pred, keep)
             if max_length is not None:
                 guesses = guesses[:, : max_length - input_ids.shape[1] - 1]  # never compute past `max_length`
             if pad is not None:  # finished rows feed their last token, then padding, as in `_sample`
@@ -364,7 +408,7 @@ def jacobi_generate(
         num_forward_passes=num_forward_passes,
         num_new_tokens=num_new_tokens,
         tokens_per_forward=num_new_tokens / num_forward_passes.clamp(min=1),
-        iterations_per_block=[iterations_per_block[:count] for count in num_blocks.tolist()],
+        iterations_per_block=None if auto else [iterations_per_block[:count] for count in num_blocks.tolist()],
         jacobi_states=jacobi_states if record_states else None,
     )
 
@@ -374,6 +418,23 @@ def _stack_states(states):
     its narrowest state."""
     width = min(state.shape[1] for state in states)
     return torch.stack([state[:, :width] for state in states])
+
+
+def _window_timer(model, outputs, cache, input_ids, model_kwargs):
+    """`time_forward(length)` for `measure_costs`: seconds of one forward of a `length`-token window over the
+    prefilled cache, which is cropped back afterwards."""
+    kwargs = model._update_model_kwargs_for_generation(outputs, dict(model_kwargs), is_encoder_decoder=False)
+    clock = timer(input_ids.device)
+
+    def time_forward(length):
+        window = input_ids[:, -1:].expand(-1, length)
+        start = clock()
+        _forward_window(model, outputs, window, kwargs)
+        seconds = clock() - start
+        cache.crop(-length)
+        return seconds
+
+    return time_forward
 
 
 def _forward_window(model, outputs, window, model_kwargs):

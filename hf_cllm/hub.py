@@ -1,7 +1,8 @@
 """The Hub side: the `custom_generate/` folder that makes a saved CLLM Jacobi-decode with transformers alone, its
 model card, and pushing a model folder or a standalone decoder repo.
 
-`custom_generate/` holds verbatim copies of `decoding.py` and `routing.py` and `hub_generate.py` as `generate.py`;
+`custom_generate/` holds verbatim copies of `decoding.py`, `windows.py`, `routing.py` and `hub_generate.py` as
+`generate.py`;
 they import nothing from hf_cllm (only each other, relatively), so the package and the Hub code cannot drift.
 """
 
@@ -16,7 +17,12 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).parent
 CUSTOM_GENERATE_DIR = "custom_generate"
 # file in the repo's custom_generate/ -> the package module it is a copy of
-CUSTOM_GENERATE_FILES = {"generate.py": "hub_generate.py", "decoding.py": "decoding.py", "routing.py": "routing.py"}
+CUSTOM_GENERATE_FILES = {
+    "generate.py": "hub_generate.py",
+    "decoding.py": "decoding.py",
+    "routing.py": "routing.py",
+    "windows.py": "windows.py",
+}
 # What the copied code needs; transformers checks these lines before it runs the code. Kept equal to pyproject's.
 REQUIREMENTS = ["torch>=2.6", "transformers>=5.24,<5.40"]
 TAGS = ["custom_generate", "cllm", "jacobi-decoding", "consistency-distillation", "hf_cllm"]
@@ -44,8 +50,11 @@ def write_custom_generate(folder) -> Path:
 GENERATE_ARGUMENTS = """\
 | argument | default | meaning |
 |---|---|---|
-| `jacobi_n` | the repo's `generation_config.jacobi_n` (16 for the decoder repo) | tokens per Jacobi block |
-| `jacobi_init` | `"random"` | a block's first guesses: `"random"` (context tokens), `"pad"`, or `fn(input_ids, k)` |
+| `jacobi_n` | the repo's `generation_config.jacobi_n` (16 for the decoder repo) | tokens per Jacobi block, \
+or `"auto"`: before each forward, greedy / n-gram check / Jacobi block, whichever pays most on this device |
+| `jacobi_init` | `"random"` | a block's first guesses: `"random"` (context tokens), `"pad"`, `"ngram"` \
+(prompt lookup), or `fn(input_ids, k)` |
+| `jacobi_max_n` | 16 | with `"auto"`: the longest window |
 | `jacobi_seed` | 0 | seed of the random guesses (results never depend on it, only speed) |
 | `jacobi_return_states` | False | also return every Jacobi state of every block (`jacobi_states`) |
 

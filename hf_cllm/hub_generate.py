@@ -1,17 +1,18 @@
 """Lossless Jacobi decoding (CLLM, arXiv 2403.00835) for transformers' `custom_generate`, made by hf_cllm.
 
-This file is `custom_generate/generate.py` of a model or decoder repo; beside it, `decoding.py` (the decoding loop)
-and `routing.py` (what `jacobi_n` means) are verbatim copies of hf_cllm's modules, so the repo runs with transformers
-alone. Two ways in:
+This file is `custom_generate/generate.py` of a model or decoder repo; beside it, `decoding.py` (the decoding loop),
+`windows.py` (what each window holds) and `routing.py` (what `jacobi_n` means) are verbatim copies of hf_cllm's
+modules, so the repo runs with transformers alone. Two ways in:
 
     model = AutoModelForCausalLM.from_pretrained(cllm_repo, trust_remote_code=True)
     model.generate(**inputs, max_new_tokens=256)              # Jacobi with the repo's jacobi_n, identical to greedy
 
     model.generate(**inputs, custom_generate=decoder_repo, trust_remote_code=True, jacobi_n=16)   # any model
 
-Extra arguments: `jacobi_n` (block size), `jacobi_init` ("random" | "pad" | callable), `jacobi_seed`,
-`jacobi_return_states`. With `return_dict_in_generate=True` the output also has `num_forward_passes`,
-`num_new_tokens`, `tokens_per_forward` and `iterations_per_block`.
+Extra arguments: `jacobi_n` (block size, or "auto"), `jacobi_init` ("random" | "pad" | "ngram" | callable),
+`jacobi_seed`, `jacobi_return_states`, `jacobi_max_n` and `jacobi_costs` (for "auto"). With
+`return_dict_in_generate=True` the output also has `num_forward_passes`, `num_new_tokens`, `tokens_per_forward` and
+`iterations_per_block`.
 """
 
 import functools

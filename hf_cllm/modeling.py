@@ -17,8 +17,8 @@ from .routing import route_generate
 
 
 class JacobiGenerationMixin:
-    """Adds `jacobi_n` (and `jacobi_init`, `jacobi_seed`, `jacobi_return_states`) to `generate`; `jacobi_n=None` is
-    stock `generate`. See `hf_cllm.routing.route_generate` for how a call is routed.
+    """Adds `jacobi_n` (and `jacobi_init`, `jacobi_seed`, ..., see `decoding.JACOBI_KWARGS`) to `generate`;
+    `jacobi_n=None` is stock `generate`. See `hf_cllm.routing.route_generate` for how a call is routed.
 
     `save_pretrained` also writes the `custom_generate/` folder, so the saved model Jacobi-decodes for users who only
     have transformers (`from_pretrained(folder, trust_remote_code=True)`); `push_to_hub` uploads it with a model card.

@@ -14,22 +14,20 @@ import functools
 from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList, StopStringCriteria
 
-from .decoding import jacobi_generate, validate_jacobi_n
+from .decoding import JACOBI_KWARGS, jacobi_generate, validate_jacobi_n
 
 
 def route_generate(
     model, stock_generate, inputs=None, generation_config=None, *, jacobi_n=None, streamer=None, **kwargs
 ):
-    """`jacobi_n` (and `jacobi_init`, `jacobi_seed`, `jacobi_return_states`) on top of `stock_generate`, the model's
-    own `generate`; `jacobi_n=None` is stock `generate`.
+    """`jacobi_n` (and the rest of `JACOBI_KWARGS`: `jacobi_init`, `jacobi_seed`, ...) on top of `stock_generate`,
+    the model's own `generate`; `jacobi_n=None` is stock `generate`.
 
     `jacobi_n` may also come from `model.generation_config.jacobi_n` (a CLLM saved with hf_cllm carries it). A block
     size that comes from the config gives way to sampling, beam search and assisted decoding when those are asked for;
     one passed explicitly is checked and refused with them.
     """
-    jacobi_kwargs = {
-        key: kwargs.pop(key) for key in ("jacobi_init", "jacobi_seed", "jacobi_return_states") if key in kwargs
-    }
+    jacobi_kwargs = {key: kwargs.pop(key) for key in JACOBI_KWARGS if key in kwargs}
     if kwargs.get("custom_generate") is not None:  # the caller picked the decoding method: pass everything on
         if jacobi_n is not None:
             kwargs["jacobi_n"] = jacobi_n

@@ -44,7 +44,7 @@ def test_bad_jacobi_n_is_a_one_line_error(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["generate", "--prompt", "hi", "--jacobi-n", bad])
     assert exit_info.value.code == 2
-    assert "--jacobi-n: must be a positive integer" in capsys.readouterr().err
+    assert '--jacobi-n: must be a positive integer or "auto"' in capsys.readouterr().err
 
 
 def test_help_does_not_import_torch():
@@ -171,25 +171,12 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_folder, tmp_path, capsys):
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_generate_streams_then_prints_statistics(tiny_folder, capsys):
+@pytest.mark.parametrize("jacobi_n", ["4", "auto"])
+def test_generate_streams_then_prints_statistics(tiny_folder, capsys, jacobi_n):
     from transformers import AutoTokenizer
 
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                tiny_folder,
-                "--prompt",
-                "the quick brown fox",
-                "--max-new-tokens",
-                "10",
-                "--jacobi-n",
-                "4",
-            ]
-        )
-        == 0
-    )
+    argv = ["generate", "--model", tiny_folder, "--prompt", "the quick brown fox", "--max-new-tokens", "10"]
+    assert main([*argv, "--jacobi-n", jacobi_n]) == 0
     captured = capsys.readouterr()
     model = AutoModelForCausalLM.from_pretrained(tiny_folder)
     tokenizer = AutoTokenizer.from_pretrained(tiny_folder)

@@ -20,10 +20,23 @@ def input_ids():
     return random_prompts(1, [5])[0]
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, "16", True])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "16", True, "Auto"])
 def test_jacobi_n_must_be_a_positive_int(model, input_ids, bad):
-    with pytest.raises(ValueError, match=r"`jacobi_n` must be a positive integer.*jacobi_n=16"):
+    with pytest.raises(ValueError, match=r"`jacobi_n` must be a positive integer.*or \"auto\".*jacobi_n=16"):
         model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n=bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(jacobi_return_states=True, return_dict_in_generate=True), r"jacobi_return_states.*integer `jacobi_n`"),
+        (dict(jacobi_max_n=4, jacobi_costs=[1.0, 1.2]), r"`jacobi_costs` needs one relative cost per window length"),
+        (dict(jacobi_max_n=0), r"`jacobi_max_n` must be a positive integer.*jacobi_max_n=16"),
+    ],
+)
+def test_bad_auto_settings_are_refused(model, input_ids, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n="auto", **kwargs)
 
 
 @pytest.mark.parametrize(

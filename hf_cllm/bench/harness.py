@@ -31,7 +31,7 @@ def get_benchmark(name: str):
     return importlib.import_module(BENCHMARKS[name])
 
 
-def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | None = None, jacobi_n: int = 16,
+def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | None = None, jacobi_n: int | str = 16,
                   limit: int | None = None, max_new_tokens: int | None = None, chat: bool | None = None,
                   progress: bool = True, command: str | None = None,
                   spider_db_dir: str | None = None) -> dict:  # fmt: skip

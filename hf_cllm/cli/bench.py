@@ -13,7 +13,7 @@ HumanEval completions run in separate, limited processes (hf_cllm.bench.sandbox)
 
 from __future__ import annotations
 
-from .common import CLIError, add_model_arguments, load_model_and_tokenizer, positive_int
+from .common import CLIError, add_model_arguments, block_size, load_model_and_tokenizer, positive_int
 
 
 HELP = "task quality + AR vs Jacobi speed on GSM8K, HumanEval or Spider, as JSON, Markdown and a plot"
@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", default=None, help="a local .jsonl/.json(.gz) file or a Hub dataset id")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first K items")
-    parser.add_argument("--jacobi-n", type=positive_int, default=16)
+    parser.add_argument("--jacobi-n", type=block_size, default=16, help='block size, or "auto"')
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: 256 GSM8K, 384 HumanEval")
     parser.add_argument("--output-dir", default=None, help="default: bench/<benchmark>")
     parser.add_argument("--chat", action="store_true", default=None, help="use the chat template (default: if any)")

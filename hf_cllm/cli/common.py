@@ -23,6 +23,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def block_size(text: str) -> int | str:
+    """`--jacobi-n`: a positive integer, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f'must be a positive integer or "auto", got {text!r}') from None
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(

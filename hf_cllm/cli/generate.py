@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import CLIError, add_model_arguments, encode_prompt, load_model_and_tokenizer, positive_int
+from .common import CLIError, add_model_arguments, block_size, encode_prompt, load_model_and_tokenizer, positive_int
 
 
 HELP = "generate from your own prompt with Jacobi decoding (streamed), then print the statistics"
@@ -15,8 +15,10 @@ def add_arguments(parser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the prompt text")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    parser.add_argument("--jacobi-n", type=positive_int, default=16, help="block size n (1: plain greedy)")
-    parser.add_argument("--jacobi-init", default="random", choices=["random", "pad"], help="initial guesses")
+    parser.add_argument(
+        "--jacobi-n", type=block_size, default=16, help='block size n (1: plain greedy), or "auto" (adaptive)'
+    )
+    parser.add_argument("--jacobi-init", default="random", choices=["random", "pad", "ngram"], help="initial guesses")
     parser.add_argument("--max-new-tokens", type=positive_int, default=256)
 
 
@@ -39,10 +41,11 @@ def run(args) -> int:
     )
     seconds = time.perf_counter() - start
     tokens, forwards = int(out.num_new_tokens[0]), int(out.num_forward_passes[0])
+    blocks = out.iterations_per_block  # None with --jacobi-n auto
+    blocks = f"; iterations per block of {args.jacobi_n}: {blocks[0]}" if blocks else ""
     print(
         f"\n[{tokens} tokens in {forwards} forward passes: TPF {tokens / forwards:.2f}, "
-        f"{tokens / seconds:.1f} tokens/s; "
-        f"iterations per block of {args.jacobi_n}: {out.iterations_per_block[0]}]",
+        f"{tokens / seconds:.1f} tokens/s{blocks}]",
         file=sys.stderr,
     )
     return 0
