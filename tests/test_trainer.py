@@ -525,6 +525,21 @@ def test_the_example_config_parses():
     assert script.trajectories == "traj/gsm8k" and model.model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+def test_the_gsm8k_smollm2_example_configs_parse():
+    from pathlib import Path
+
+    from hf_cllm.cli.train import parser
+
+    folder = Path(__file__).parent.parent / "examples" / "gsm8k_smollm2"
+    parsed = {}
+    for name in ("full", "lora"):
+        parsed[name] = parser().parse_args_and_config(["--config", str(folder / f"{name}.yaml"), "--use_cpu", "true"])
+    (_, full, full_model), (_, lora, lora_model) = parsed["full"], parsed["lora"]
+    assert (full.jacobi_n, full.ar_target, full.tpf_eval_prompts) == (16, "labels", 4)
+    assert not full_model.use_peft and lora_model.use_peft and lora_model.lora_r == 32
+    assert full.output_dir == "runs/gsm8k/full" and lora.output_dir == "runs/gsm8k/lora"
+
+
 def test_a_model_path_and_no_tokenizer_loads_both(toy_folders, toy_trajectories, tmp_path):
     from hf_cllm.packing import JacobiCollator
 
