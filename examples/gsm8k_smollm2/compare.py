@@ -1,6 +1,6 @@
 """Base vs consistency-trained SmolLM2-135M on GSM8K test, measured in one run; writes docs/results.{json,md} + plots.
 
-    python examples/gsm8k_smollm2/evaluate.py --cllm runs/gsm8k/full --data gsm8k_test.jsonl --limit 30
+    python examples/gsm8k_smollm2/compare.py --cllm runs/gsm8k/full --data gsm8k_test.jsonl --limit 30
 
 For every model (the base, then each `--cllm` folder: a full model or a LoRA adapter, merged here), the GSM8K
 benchmark of `hf-cllm bench` runs greedy AR and Jacobi decoding (n=16) back to back on the same test items: accuracy
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="smollm2-135m-instruct", help="the base model (default: the embedded one)")
     parser.add_argument("--cllm", nargs="+", required=True, help="trained run folders (full model or LoRA adapter)")
+    parser.add_argument("--curves", nargs="*", default=[], help="more training runs: only their TPF-vs-steps curve")
     parser.add_argument("--data", default=None, help="GSM8K test jsonl (default: Hub, or the offline package)")
     parser.add_argument("--limit", type=int, default=30)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -133,6 +134,7 @@ def main(argv=None) -> int:
         results["environment"] = report["environment"]
         print(f"{name}: {json.dumps({k: v for k, v in entry.items() if k != 'acceptance'})}", flush=True)
 
+    results["curves"] = {Path(path).name: tpf_curve(Path(path)) for path in [*args.cllm, *args.curves]}
     names = list(results["models"])
     trained = [name for name in names if name != "base"]
     best = max(trained, key=lambda name: results["models"][name]["tpf"])
@@ -163,8 +165,7 @@ def write(results: dict, stem: Path) -> None:
         )
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    for name, entry in models.items():
-        curve = entry["tpf_over_steps"]
+    for name, curve in results["curves"].items():
         if curve:
             axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="o", label=name)
     axis.axhline(models["base"]["tpf"], color="grey", linestyle="--", label="base (test)")
