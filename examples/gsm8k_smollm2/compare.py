@@ -71,8 +71,11 @@ def acceptance(model, prompts: list[list[int]], max_new_tokens: int, n: int = 16
 
 
 def tpf_curve(run_dir: Path) -> list[dict]:
-    state = run_dir / "trainer_state.json"
-    if not state.exists():
+    """eval_tpf by step, from the run's trainer state (kept in its last checkpoint)."""
+    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name[11:]))
+    states = [run_dir / "trainer_state.json", *reversed(checkpoints)]
+    state = next((path for path in states if path.exists()), None)
+    if state is None:
         return []
     history = json.loads(state.read_text())["log_history"]
     return [{"step": h["step"], "tpf": h["eval_tpf"]} for h in history if "eval_tpf" in h]
