@@ -30,7 +30,7 @@ def reference_row(model, row, n: int, single_backward: bool) -> float:
     """One row as the reference trains it: one record per block; returns the summed loss."""
     prompt, answer = row["prompt_ids"], row["answer_ids"]
     total = 0.0
-    for block, index in sorted(pick_states(row["state_block"]).items()):
+    for block, (index,) in sorted(pick_states(row["state_block"]).items()):
         state = row["states"][index]
         full = torch.tensor([prompt + answer])
         labels = torch.full(full.shape, IGNORE_INDEX)

@@ -46,6 +46,10 @@ class CLLMConfig(SFTConfig):
             Count only the positions of a state from its first token that differs from the target on: before it, the
             state and the target are the same input and give the same distributions (zero loss that would only dilute
             the average). `False` averages over every position of the block.
+        states_per_block (`int`, *optional*, defaults to `1`):
+            Intermediate states of every block packed into a row's sequence each time it is drawn (fewer where a block
+            has fewer). The reference trains on every recorded state; more states per draw reuse the row's prefix,
+            so they add training signal for less compute than more epochs.
         consistency_weight (`float`, *optional*, defaults to `1.0`):
             Weight of the consistency loss in the total loss.
 
@@ -90,6 +94,9 @@ class CLLMConfig(SFTConfig):
     first_divergence_mask: bool = field(
         default=True,
         metadata={"help": "Count consistency positions only from the first token that differs from the target on."},
+    )
+    states_per_block: int = field(
+        default=1, metadata={"help": "Intermediate states of every block packed per row and draw (random, distinct)."}
     )
     consistency_weight: float = field(default=1.0, metadata={"help": "Weight of the consistency loss."})
     ar_weight: float = field(default=10.0, metadata={"help": "Weight of the AR loss (paper: 10 to consistency 1)."})
@@ -147,6 +154,8 @@ class CLLMConfig(SFTConfig):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        if not isinstance(self.states_per_block, int) or self.states_per_block < 1:
+            raise ValueError(f"states_per_block must be an integer >= 1, got {self.states_per_block!r}")
         if not 0 < self.jsd_beta < 1:
             raise ValueError(f"jsd_beta must be strictly between 0 and 1, got {self.jsd_beta}")
         if self.ar_weight < 0 or self.consistency_weight < 0 or self.ar_weight + self.consistency_weight == 0:

@@ -3,7 +3,7 @@
 The reference trainer runs one forward per block record for the AR loss, one on the fixed point and one on a state,
 each repeating the prompt and all previous blocks. Here a row (one prompt) becomes one sequence:
 
-    [ prompt | answer (all fixed points) | gold answer (optional) | one state per block ... ]
+    [ prompt | answer (all fixed points) | gold answer (optional) | states of every block ... ]
 
 with a 4-D attention mask: prompt and answer are causal as usual; every other segment sees a prefix of
 prompt + answer (a state of block b sees the prompt and the answer before block b; the gold answer sees the prompt)
@@ -36,13 +36,16 @@ class PackedRow:
     consistency_mask: list[bool]  # whether the pair counts (the first-divergence mask)
 
 
-def pick_states(state_block: list[int], generator: torch.Generator | None = None) -> dict[int, int]:
-    """One random state index per block that has states: {block: index into the row's `states`}."""
+def pick_states(
+    state_block: list[int], generator: torch.Generator | None = None, per_block: int = 1
+) -> dict[int, list[int]]:
+    """Up to `per_block` distinct random states of every block that has states: {block: sorted indices into the
+    row's `states`}. More than one state per block reuses the row's prefix (computed once) for more training signal."""
     by_block: dict[int, list[int]] = {}
     for index, block in enumerate(state_block):
         by_block.setdefault(block, []).append(index)
     return {
-        block: indices[int(torch.randint(len(indices), (1,), generator=generator))]
+        block: sorted(indices[i] for i in torch.randperm(len(indices), generator=generator)[:per_block].tolist())
         for block, indices in by_block.items()
     }
 
@@ -59,6 +62,7 @@ def pack_row(
     ar_target: str = "teacher",
     ar_on_prompt: bool = False,
     first_divergence_mask: bool = True,
+    states_per_block: int = 1,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
 ) -> PackedRow:
@@ -96,7 +100,8 @@ def pack_row(
         packed.ar_labels[start : start + len(gold) - 1] = gold[1:]
 
     states, state_block = row["states"], row["state_block"]
-    for block, index in sorted(pick_states(state_block, generator).items()):
+    chosen = pick_states(state_block, generator, per_block=states_per_block)
+    for block, index in ((block, index) for block in sorted(chosen) for index in chosen[block]):
         state = list(states[index])
         offset = block * jacobi_n
         start = add_segment(state, context=p + offset)
@@ -127,10 +132,10 @@ class JacobiCollator:
     """Turns trajectory rows into padded batches for `CLLMTrainer`: one packed sequence per row, a boolean 4-D
     attention mask `(B, 1, T, T)`, position ids, AR labels and the consistency pairs.
 
-    Each time a row is drawn, one random state per block is packed. The draw is seeded by (seed, the row's
-    `prompt_index`, `epoch`), so it is the same whatever the batch, the number of processes or a resume from a
-    checkpoint; `CLLMTrainer` sets `epoch` at the start of each epoch. Rows without `prompt_index` use torch's
-    global generator.
+    Each time a row is drawn, `states_per_block` random states of every block are packed, each as its own segment.
+    The draw is seeded by (seed, the row's `prompt_index`, `epoch`), so it is the same whatever the batch, the number
+    of processes or a resume from a checkpoint; `CLLMTrainer` sets `epoch` at the start of each epoch. Rows without
+    `prompt_index` use torch's global generator.
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class JacobiCollator:
         ar_target: str = "teacher",
         ar_on_prompt: bool = False,
         first_divergence_mask: bool = True,
+        states_per_block: int = 1,
         eos_token_id: int | None = None,
         seed: int = 0,
     ):
@@ -154,6 +160,7 @@ class JacobiCollator:
             ar_target=ar_target,
             ar_on_prompt=ar_on_prompt,
             first_divergence_mask=first_divergence_mask,
+            states_per_block=states_per_block,
             eos_token_id=eos_token_id,
         )
 

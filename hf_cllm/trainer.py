@@ -194,6 +194,7 @@ def _default_collator(args: CLLMConfig, tokenizer) -> JacobiCollator:
         ar_target=args.ar_target,
         ar_on_prompt=args.ar_on_prompt,
         first_divergence_mask=args.first_divergence_mask,
+        states_per_block=args.states_per_block,
         eos_token_id=tokenizer.eos_token_id,
         seed=args.data_seed if args.data_seed is not None else args.seed,
     )

@@ -104,6 +104,17 @@ def test_pack_row_lays_out_targets_and_the_first_divergence_mask():
     ]  # fmt: skip
 
 
+def test_pick_states_draws_distinct_states_per_block():
+    state_block = [0] * 5 + [1] * 2 + [3]
+    for seed in range(20):
+        chosen = pick_states(state_block, torch.Generator().manual_seed(seed), per_block=3)
+        assert sorted(chosen) == [0, 1, 3]
+        assert len(set(chosen[0])) == 3 and set(chosen[0]) <= set(range(5))
+        assert chosen[1] == [5, 6] and chosen[3] == [7]  # fewer states than asked: all of them
+    draws = {tuple(pick_states(state_block, torch.Generator().manual_seed(seed))[0]) for seed in range(40)}
+    assert len(draws) == 5  # one state of block 0 per draw, every one of them reachable
+
+
 def test_pack_row_options():
     local = pack_row(ROW, N, consistency="local", generator=torch.Generator().manual_seed(0))
     every = pack_row(ROW, N, first_divergence_mask=False, generator=torch.Generator().manual_seed(0))
@@ -156,8 +167,8 @@ def test_flash_attention_is_refused_clearly():
 
 
 def reference_losses(model, row, state_index, n, smoothing):
-    """AR loss on prompt+answer and the global consistency loss of one chosen state per block, each from its own
-    forward, as the reference trainer computes them."""
+    """AR loss on prompt+answer and the global consistency loss of the chosen states of each block, each from its
+    own forward, as the reference trainer computes them."""
     prompt, answer = row["prompt_ids"], row["answer_ids"]
     full = torch.tensor([prompt + answer])
     logits = model(input_ids=full).logits[0]
@@ -165,7 +176,7 @@ def reference_losses(model, row, state_index, n, smoothing):
     labels[len(prompt) - 1 : -1] = torch.tensor(answer)
     ar = ar_loss(logits[None], labels[None], label_smoothing=smoothing)
     students, teachers, masks = [], [], []
-    for block, index in state_index.items():
+    for block, index in ((block, index) for block, indices in state_index.items() for index in indices):
         state = row["states"][index]
         start = len(prompt) + block * n
         student = model(input_ids=torch.tensor([prompt + answer[: block * n] + state])).logits[0, start:]
@@ -178,13 +189,18 @@ def reference_losses(model, row, state_index, n, smoothing):
     return ar, consistency
 
 
-def test_one_forward_one_backward_gives_the_reference_gradient(tmp_path):
-    """The packed single-backward loss has the same value and gradient as AR + consistency from separate forwards."""
+@pytest.mark.parametrize("states_per_block", [1, 2])
+def test_one_forward_one_backward_gives_the_reference_gradient(tmp_path, states_per_block):
+    """The packed single-backward loss has the same value and gradient as AR + consistency from separate forwards,
+    with one state per block and with several (block 0 has two states, block 1 one)."""
     model = toy_model()
     row = dict(ROW, prompt_ids=[3, 4, 5, 6, 7], answer_ids=list(range(8, 22)), labels=None)
     row["states"] = [[8, 20, 21, 3, 4, 5, 6, 7], [8, 9, 10, 25, 4, 4, 4, 4], [16, 17, 3, 3, 3, 3]]
     trainer = CLLMTrainer(
-        model=model, args=config(tmp_path), train_dataset=Dataset.from_list([row]), processing_class=toy_tokenizer()
+        model=model,
+        args=config(tmp_path, states_per_block=states_per_block),
+        train_dataset=Dataset.from_list([row]),
+        processing_class=toy_tokenizer(),
     )
     model.train()
     torch.manual_seed(5)
@@ -194,7 +210,8 @@ def test_one_forward_one_backward_gives_the_reference_gradient(tmp_path):
     packed_grad = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     torch.manual_seed(5)
-    chosen = pick_states(row["state_block"])  # the collator's draw, replayed
+    chosen = pick_states(row["state_block"], per_block=states_per_block)  # the collator's draw, replayed
+    assert [len(chosen[0]), len(chosen[1])] == [states_per_block, 1]
     ar, consistency = reference_losses(model, row, chosen, N, 0.1)
     expected = 10 * ar + consistency
     expected.backward()
@@ -436,6 +453,7 @@ def test_config_mismatches_are_refused(toy_trajectories, tmp_path):
         (dict(distance="l2"), "distance must be one of"),
         (dict(ar_target="gold"), "ar_target must be one of 'teacher', 'labels'"),
         (dict(jsd_beta=1.0), "jsd_beta must be strictly between 0 and 1"),
+        (dict(states_per_block=0), "states_per_block must be an integer >= 1"),
         (dict(ar_weight=0.0, consistency_weight=0.0), "not both 0"),
         (dict(remove_unused_columns=True), "remove_unused_columns=False"),
     ],
