@@ -20,7 +20,8 @@ from transformers import AutoTokenizer
 
 from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
-from hf_cllm.collection import collect_trajectories, load_prompt_rows, tokenize_prompts
+from hf_cllm.collection import collect_trajectories
+from hf_cllm.prompts import load_prompt_rows, tokenize_prompts
 from hf_cllm.speed import eos_token_ids
 
 

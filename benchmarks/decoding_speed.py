@@ -27,7 +27,7 @@ from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
 from hf_cllm.bench.harness import get_benchmark
 from hf_cllm.cli.demo import DEMO_QUESTIONS
-from hf_cllm.collection import tokenize_prompts
+from hf_cllm.prompts import tokenize_prompts
 from hf_cllm.speed import MethodSummary, eos_token_ids, timed_generate
 
 

@@ -13,24 +13,26 @@ __version__ = "0.1.0.dev0"
 
 _LAZY = {
     "decoding": ["JacobiGenerateOutput", "jacobi_generate", "DEFAULT_JACOBI_N"],
-    "collection": ["collect_trajectories", "load_trajectories", "push_trajectories"],
+    "collection": ["collect_trajectories"],
+    "trajectories": ["load_trajectories"],
     "config": ["CLLMConfig"],
     "trainer": ["CLLMTrainer", "JacobiSpeedCallback"],
-    "packing": ["JacobiCollator"],
-    "hub": ["push_model", "push_decoder", "write_custom_generate"],
+    "packing": ["JacobiCollator", "PackingOptions"],
+    "hub": ["push_model", "push_decoder", "push_trajectories", "write_custom_generate"],
     "modeling": ["AutoCLLMForCausalLM", "JacobiGenerationMixin", "enable_jacobi", "set_default_jacobi_n"],
 }
 _NAME_TO_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 __all__ = sorted(_NAME_TO_MODULE)
 
 if TYPE_CHECKING:
-    from .collection import collect_trajectories, load_trajectories, push_trajectories
+    from .collection import collect_trajectories
     from .config import CLLMConfig
     from .decoding import DEFAULT_JACOBI_N, JacobiGenerateOutput, jacobi_generate
-    from .hub import push_decoder, push_model, write_custom_generate
+    from .hub import push_decoder, push_model, push_trajectories, write_custom_generate
     from .modeling import AutoCLLMForCausalLM, JacobiGenerationMixin, enable_jacobi, set_default_jacobi_n
-    from .packing import JacobiCollator
+    from .packing import JacobiCollator, PackingOptions
     from .trainer import CLLMTrainer, JacobiSpeedCallback
+    from .trajectories import load_trajectories
 
 
 def __getattr__(name: str):

@@ -13,101 +13,13 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .tasks import get_task
-
-
-SETTINGS_FILE = "collection.json"
-SHARD_DIR = "shards"
-
-
-@dataclass(frozen=True)
-class CollectionSettings:
-    """Everything the rows depend on; an output folder only ever holds rows made with one of these."""
-
-    teacher: str
-    jacobi_n: int
-    max_new_tokens: int
-    task: str
-    chat: bool
-    augment: bool
-    clean: bool
-    repetition_threshold: int
-    max_states_per_block: int | None
-    seed: int
-    prompts_fingerprint: str
-
-
-def load_prompt_rows(source, split: str = "train", limit: int | None = None):
-    """A `datasets.Dataset`, a local .jsonl/.json/.parquet file, or a Hub dataset id -> a Dataset."""
-    import datasets
-
-    if isinstance(source, datasets.Dataset):
-        rows = source
-    elif isinstance(source, (list, tuple)):
-        rows = datasets.Dataset.from_list([{"prompt": p} if isinstance(p, str) else dict(p) for p in source])
-    else:
-        path = str(source)
-        if path.endswith((".jsonl", ".json")):
-            rows = datasets.load_dataset("json", data_files=path, split="train")
-        elif path.endswith(".parquet"):
-            rows = datasets.load_dataset("parquet", data_files=path, split="train")
-        elif os.path.exists(path):
-            raise ValueError(f"dataset {path}: use a .jsonl, .json or .parquet file, or a Hub dataset id")
-        else:
-            try:
-                rows = datasets.load_dataset(path, split=split)
-            except (ConnectionError, FileNotFoundError, ValueError) as error:
-                raise ValueError(
-                    f"dataset {path!r} could not be loaded ({str(error).splitlines()[0]}). Offline, pass a local "
-                    ".jsonl/.parquet file instead of a Hub id."
-                ) from None
-    if limit is not None:
-        rows = rows.select(range(min(limit, len(rows))))
-    return rows
-
-
-def tokenize_prompts(rows, tokenizer, task: str, chat: bool, max_context: int | None, max_new_tokens: int):
-    """Token ids of every prompt (and of its gold answer when the task has one), checked before any work starts."""
-    spec = get_task(task)
-    if chat and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "chat=True, but the tokenizer has no chat template: pass chat=False (--no-chat) or a chat model"
-        )
-    prompts, labels = [], []
-    for index, row in enumerate(rows):
-        if "messages" in row and row["messages"]:
-            messages = [m for m in row["messages"]]
-            label = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        else:
-            try:
-                text = spec.prompt(row)
-            except KeyError as missing:
-                raise ValueError(f"prompt {index}: {missing.args[0]}") from None
-            if not text.strip():
-                raise ValueError(f"prompt {index} is empty: remove it from the dataset")
-            label = row.get(spec.label_column) if spec.label_column else None
-            if chat:
-                messages = [{"role": "user", "content": text}]
-                ids = tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
-                )
-            else:
-                ids = tokenizer(text)["input_ids"]
-        ids = list(ids)
-        if max_context is not None and len(ids) + max_new_tokens > max_context:
-            raise ValueError(
-                f"prompt {index} has {len(ids)} tokens, and with max_new_tokens={max_new_tokens} it exceeds the "
-                f"model's context of {max_context}: shorten or drop it, or lower max_new_tokens"
-            )
-        prompts.append(ids)
-        labels.append(tokenizer(label, add_special_tokens=False)["input_ids"] if label else None)
-    return prompts, labels
+from .prompts import load_prompt_rows, tokenize_prompts
+from .resume import resume_or_refuse
+from .trajectories import SETTINGS_FILE, SHARD_DIR, CollectionSettings, features, load_trajectories, mixed_seed
 
 
 def fingerprint(prompts: list[list[int]]) -> str:
@@ -115,11 +27,6 @@ def fingerprint(prompts: list[list[int]]) -> str:
     for ids in prompts:
         digest.update(json.dumps(ids).encode())
     return digest.hexdigest()[:16]
-
-
-def mixed_seed(*parts) -> int:
-    """A seed from several values, the same in every process (Python's `hash` of strings is not)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
 
 def seeded_context_init(prompt_indices, prompt_lengths, width: int, jacobi_n: int, seed: int):
@@ -238,38 +145,6 @@ class ShardWriter:
         os.replace(temporary, self.directory / name)
 
 
-def features():
-    import datasets
-
-    ids = datasets.List(datasets.Value("int64"))
-    return datasets.Features(
-        {
-            "prompt_index": datasets.Value("int64"),
-            "prompt_ids": ids,
-            "answer_ids": ids,
-            "states": datasets.List(ids),
-            "state_block": ids,
-            "state_step": ids,
-            "labels": ids,
-            "degenerate": datasets.Value("bool"),
-        }
-    )
-
-
-def load_trajectories(output_dir):
-    """The collected rows of `output_dir`, sorted by prompt, as a `datasets.Dataset`."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets.table import InMemoryTable
-
-    shards = sorted((Path(output_dir) / SHARD_DIR).glob("*.parquet"))
-    if not shards:
-        return datasets.Dataset.from_list([], features=features())
-    table = pa.concat_tables([pq.read_table(shard) for shard in shards]).sort_by("prompt_index")
-    return datasets.Dataset(InMemoryTable(table))
-
-
 def collect_trajectories(
     teacher,
     tokenizer,
@@ -296,7 +171,7 @@ def collect_trajectories(
     Args:
         prompts: a `datasets.Dataset`, a list of strings or rows, a .jsonl/.json/.parquet file, or a Hub dataset id.
             Rows are formatted by `task` (`generic` uses the `prompt` column; `gsm8k`, `spider`, `code`, `chat`: see
-            `hf_cllm.tasks`); a `messages` column is used as a conversation.
+            `hf_cllm.prompts`); a `messages` column is used as a conversation.
         chat: wrap prompts in the chat template; defaults to whether the tokenizer has one.
         augment: correct about half of the wrong tokens of intermediate states (the paper's augmentation).
         clean: drop the states of blocks with a run of `repetition_threshold` identical tokens (the repetitive data
@@ -335,7 +210,8 @@ def collect_trajectories(
     # processes talking over gloo.
     state = PartialState(cpu=not torch.cuda.is_available())
     output_dir = Path(output_dir)
-    _check_or_write_settings(output_dir, settings, state)
+    resume_or_refuse(output_dir, settings.to_dict(), SETTINGS_FILE, what="trajectories", write=state.is_main_process)
+    state.wait_for_everyone()
     writer = ShardWriter(output_dir, state.process_index)
     done = writer.done_indices()
     todo = [i for i in range(len(prompt_ids)) if i % state.num_processes == state.process_index and i not in done]
@@ -377,87 +253,3 @@ def collect_trajectories(
     bar.close()
     state.wait_for_everyone()
     return load_trajectories(output_dir)
-
-
-def _check_or_write_settings(output_dir: Path, settings: CollectionSettings, state) -> None:
-    """Refuse an output folder that holds rows made with other settings; record ours in a new one."""
-    path = output_dir / SETTINGS_FILE
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        if recorded != asdict(settings):
-            changed = sorted(k for k in asdict(settings) if recorded.get(k) != asdict(settings)[k])
-            raise ValueError(
-                f"{output_dir} holds trajectories collected with other settings ({', '.join(changed)} differ); "
-                "use a new output_dir, or the same settings to resume"
-            )
-    elif state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(settings), indent=2))
-        os.replace(temporary, path)
-    state.wait_for_everyone()
-
-
-def dataset_card(output_dir) -> str:
-    """A Hub dataset card for a collected folder: what the rows are and how they were made."""
-    settings = json.loads((Path(output_dir) / SETTINGS_FILE).read_text())
-    rows = load_trajectories(output_dir)
-    states = sum(len(s) for s in rows["state_block"]) if len(rows) else 0
-    return f"""---
-tags:
-- cllm
-- jacobi-decoding
-- consistency-distillation
-configs:
-- config_name: default
-  data_files: {SHARD_DIR}/*.parquet
----
-
-# Jacobi trajectories of `{settings["teacher"]}`
-
-Training data for consistency distillation (CLLM, arXiv 2403.00835), collected with hf_cllm's
-`collect_trajectories`: the teacher Jacobi-decoded every prompt greedily in blocks of
-n={settings["jacobi_n"]} tokens (at most {settings["max_new_tokens"]} new tokens, KV-cached and batched), and every
-state of every block on its way to its fixed point was kept.
-
-- prompts: {len(rows)}; states: {states}; prompt format: `{settings["task"]}`, chat template: {settings["chat"]}
-- augmentation: {settings["augment"]}; cleaning (repetition threshold {settings["repetition_threshold"]}):
-  {settings["clean"]}; states per block capped at: {settings["max_states_per_block"]}; seed: {settings["seed"]}
-
-## Schema (one row per prompt)
-
-| column | type | meaning |
-|---|---|---|
-| `prompt_index` | int64 | position of the prompt in the input |
-| `prompt_ids` | list[int64] | the prompt's token ids (chat template applied when used) |
-| `answer_ids` | list[int64] | the teacher's greedy answer up to its EOS: all blocks' fixed points |
-| `states` | list[list[int64]] | intermediate states; a state of block b is as long as `answer_ids[b*n:(b+1)*n]` |
-| `state_block` | list[int64] | the block b of each state |
-| `state_step` | list[int64] | the Jacobi iteration each state came from (0: the initial guess) |
-| `labels` | list[int64] | the gold answer's token ids, when the data has one |
-| `degenerate` | bool | the answer has a long run of one repeated token |
-"""
-
-
-def push_trajectories(output_dir, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload a collected folder (parquet shards, settings and a dataset card) as a Hub dataset; returns its URL."""
-    from huggingface_hub import HfApi
-
-    from .hub import check_can_push, check_repo_id
-
-    output_dir = Path(output_dir)
-    if not (output_dir / SETTINGS_FILE).is_file():
-        raise ValueError(f"{output_dir} holds no collected trajectories ({SETTINGS_FILE} is missing)")
-    check_repo_id(repo_id)
-    token = check_can_push(token)
-    (output_dir / "README.md").write_text(dataset_card(output_dir))
-    api = HfApi(token=token)
-    repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(  # one commit: the dataset repo never holds half a push
-        folder_path=str(output_dir),
-        repo_id=repo_id,
-        repo_type="dataset",
-        allow_patterns=["README.md", SETTINGS_FILE, f"{SHARD_DIR}/*.parquet"],
-        commit_message="Upload Jacobi trajectories (hf_cllm)",
-    )
-    return str(getattr(repo, "url", repo))

@@ -1,5 +1,5 @@
 """The Hub side: the `custom_generate/` folder that makes a saved CLLM Jacobi-decode with transformers alone, its
-model card, and pushing a model folder or a standalone decoder repo.
+model card, and pushing a model folder, a standalone decoder repo or collected trajectories (with a dataset card).
 
 `custom_generate/` holds verbatim copies of `decoding.py`, `windows.py`, `routing.py` and `hub_generate.py` as
 `generate.py`;
@@ -12,6 +12,8 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+
+from .trajectories import SETTINGS_FILE, SHARD_DIR, load_trajectories, read_settings, schema_table
 
 
 PACKAGE_DIR = Path(__file__).parent
@@ -244,6 +246,59 @@ def push_decoder(repo_id: str, *, token: str | None = None, private: bool | None
         (stage / "README.md").write_text(decoder_card(repo_id))
         return _upload(stage, repo_id, token, private=private, revision=None, create_pr=False,
                        commit_message=commit_message or "Upload Jacobi decoding (hf_cllm)")  # fmt: skip
+
+
+def dataset_card(output_dir) -> str:
+    """A Hub dataset card for a collected folder: what the rows are and how they were made."""
+    settings = read_settings(output_dir)
+    rows = load_trajectories(output_dir)
+    states = sum(len(s) for s in rows["state_block"]) if len(rows) else 0
+    return f"""---
+tags:
+- cllm
+- jacobi-decoding
+- consistency-distillation
+configs:
+- config_name: default
+  data_files: {SHARD_DIR}/*.parquet
+---
+
+# Jacobi trajectories of `{settings["teacher"]}`
+
+Training data for consistency distillation (CLLM, arXiv 2403.00835), collected with hf_cllm's
+`collect_trajectories`: the teacher Jacobi-decoded every prompt greedily in blocks of
+n={settings["jacobi_n"]} tokens (at most {settings["max_new_tokens"]} new tokens, KV-cached and batched), and every
+state of every block on its way to its fixed point was kept.
+
+- prompts: {len(rows)}; states: {states}; prompt format: `{settings["task"]}`, chat template: {settings["chat"]}
+- augmentation: {settings["augment"]}; cleaning (repetition threshold {settings["repetition_threshold"]}):
+  {settings["clean"]}; states per block capped at: {settings["max_states_per_block"]}; seed: {settings["seed"]}
+
+## Schema (one row per prompt)
+
+{schema_table()}"""
+
+
+def push_trajectories(output_dir, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload a collected folder (parquet shards, settings and a dataset card) as a Hub dataset; returns its URL."""
+    from huggingface_hub import HfApi
+
+    output_dir = Path(output_dir)
+    if not (output_dir / SETTINGS_FILE).is_file():
+        raise ValueError(f"{output_dir} holds no collected trajectories ({SETTINGS_FILE} is missing)")
+    check_repo_id(repo_id)
+    token = check_can_push(token)
+    (output_dir / "README.md").write_text(dataset_card(output_dir))
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(  # one commit: the dataset repo never holds half a push
+        folder_path=str(output_dir),
+        repo_id=repo_id,
+        repo_type="dataset",
+        allow_patterns=["README.md", SETTINGS_FILE, f"{SHARD_DIR}/*.parquet"],
+        commit_message="Upload Jacobi trajectories (hf_cllm)",
+    )
+    return str(getattr(repo, "url", repo))
 
 
 def save_decoder(folder) -> Path:

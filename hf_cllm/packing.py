@@ -18,8 +18,36 @@ from dataclasses import dataclass
 
 import torch
 
+from .trajectories import mixed_seed
+
 
 IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class PackingOptions:
+    """How a trajectory row becomes a training sequence: the one place these choices live. `CLLMTrainer` builds it
+    from its `CLLMConfig` (`from_config`, where each option is documented); `pack_row` and `JacobiCollator` read it."""
+
+    jacobi_n: int
+    consistency: str = "global"
+    ar_target: str = "teacher"
+    ar_on_prompt: bool = False
+    first_divergence_mask: bool = True
+    states_per_block: int = 1
+    eos_token_id: int | None = None
+
+    @classmethod
+    def from_config(cls, args, tokenizer) -> PackingOptions:
+        return cls(
+            jacobi_n=args.jacobi_n,
+            consistency=args.consistency_loss,
+            ar_target=args.ar_target,
+            ar_on_prompt=args.ar_on_prompt,
+            first_divergence_mask=args.first_divergence_mask,
+            states_per_block=args.states_per_block,
+            eos_token_id=tokenizer.eos_token_id,
+        )
 
 
 @dataclass
@@ -54,19 +82,8 @@ def _first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
 
 
-def pack_row(
-    row: dict,
-    jacobi_n: int,
-    *,
-    consistency: str = "global",
-    ar_target: str = "teacher",
-    ar_on_prompt: bool = False,
-    first_divergence_mask: bool = True,
-    states_per_block: int = 1,
-    eos_token_id: int | None = None,
-    generator: torch.Generator | None = None,
-) -> PackedRow:
-    """Lay out one trajectory row (schema: docs/trajectories.md) as one sequence; see the module docstring."""
+def pack_row(row: dict, options: PackingOptions, generator: torch.Generator | None = None) -> PackedRow:
+    """Lay out one trajectory row (schema: `hf_cllm.trajectories`) as one sequence; see the module docstring."""
     prompt, answer = list(row["prompt_ids"]), list(row["answer_ids"])
     p, a = len(prompt), len(answer)
     packed = PackedRow(
@@ -89,23 +106,23 @@ def pack_row(
         packed.ar_labels += [IGNORE_INDEX] * len(tokens)
         return start
 
-    if ar_on_prompt:
+    if options.ar_on_prompt:
         packed.ar_labels[: p - 1] = prompt[1:]
-    if ar_target == "teacher":
+    if options.ar_target == "teacher":
         packed.ar_labels[p - 1 : p + a - 1] = answer
     else:  # gold labels, as their own segment after the prompt
-        gold = list(row["labels"]) + ([eos_token_id] if eos_token_id is not None else [])
+        gold = list(row["labels"]) + ([options.eos_token_id] if options.eos_token_id is not None else [])
         start = add_segment(gold, context=p)
         packed.ar_labels[p - 1] = gold[0]
         packed.ar_labels[start : start + len(gold) - 1] = gold[1:]
 
     states, state_block = row["states"], row["state_block"]
-    chosen = pick_states(state_block, generator, per_block=states_per_block)
+    chosen = pick_states(state_block, generator, per_block=options.states_per_block)
     for block, index in ((block, index) for block in sorted(chosen) for index in chosen[block]):
         state = list(states[index])
-        offset = block * jacobi_n
+        offset = block * options.jacobi_n
         start = add_segment(state, context=p + offset)
-        if consistency == "global":
+        if options.consistency == "global":
             target = answer[offset : offset + len(state)]
             teacher_start = p + offset
         else:  # local: the next recorded state of the block, or the fixed point after the last one
@@ -118,7 +135,7 @@ def pack_row(
                 teacher_start = p + offset
         # Positions whose whole context agrees with the target's see the same input, hence give the same
         # distribution: the paper drops them ("misleading gradients"), from the first differing token on all count.
-        divergence = _first_difference(state, target) if first_divergence_mask else 0
+        divergence = _first_difference(state, target) if options.first_divergence_mask else 0
         for j in range(len(state)):
             if offset + j + 1 >= a:  # the teacher's distribution there predicts past the answer's end
                 break
@@ -138,41 +155,19 @@ class JacobiCollator:
     `prompt_index` use torch's global generator.
     """
 
-    def __init__(
-        self,
-        jacobi_n: int,
-        pad_token_id: int,
-        *,
-        consistency: str = "global",
-        ar_target: str = "teacher",
-        ar_on_prompt: bool = False,
-        first_divergence_mask: bool = True,
-        states_per_block: int = 1,
-        eos_token_id: int | None = None,
-        seed: int = 0,
-    ):
-        self.jacobi_n = jacobi_n
+    def __init__(self, options: PackingOptions, pad_token_id: int, seed: int = 0):
+        self.options = options
         self.pad_token_id = pad_token_id
         self.seed = seed
         self.epoch = 0
-        self.options = dict(
-            consistency=consistency,
-            ar_target=ar_target,
-            ar_on_prompt=ar_on_prompt,
-            first_divergence_mask=first_divergence_mask,
-            states_per_block=states_per_block,
-            eos_token_id=eos_token_id,
-        )
 
     def _generator(self, row: dict) -> torch.Generator | None:
-        from .collection import mixed_seed
-
         if row.get("prompt_index") is None:
             return None
         return torch.Generator().manual_seed(mixed_seed(self.seed, row["prompt_index"], self.epoch, "states"))
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        packed = [pack_row(row, self.jacobi_n, generator=self._generator(row), **self.options) for row in rows]
+        packed = [pack_row(row, self.options, self._generator(row)) for row in rows]
         batch, width = len(packed), max(len(r.input_ids) for r in packed)
         pairs = max(1, max(len(r.student_positions) for r in packed))
 
@@ -202,19 +197,30 @@ class JacobiCollator:
         }
 
 
+def _attention_setup(model):
+    """The model's (text) config and attention implementation."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return config, getattr(config, "_attn_implementation", None) or "sdpa"
+
+
+def check_packable(model) -> None:
+    """Packed rows need an attention that takes a ready 4-D mask; flash and paged attention do not."""
+    _, implementation = _attention_setup(model)
+    if implementation.startswith("flash") or "paged" in implementation:
+        raise ValueError(
+            f"attn_implementation={implementation!r} cannot take the custom 4-D attention mask consistency training "
+            "packs its sequences with; load the model with attn_implementation='sdpa' (or 'eager')"
+        )
+
+
 def model_attention_mask(model, attend: torch.Tensor, position_ids: torch.Tensor):
     """The collator's boolean `(B, 1, T, T)` mask in the form `model` takes as a ready 4-D mask.
 
     Sliding-window layers also need the window, applied on position ids; models with both layer kinds take a dict
     keyed by layer type. Eager attention adds the mask to its scores, so it gets an additive float mask.
     """
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
-    if implementation.startswith("flash") or "paged" in implementation:
-        raise ValueError(
-            f"attn_implementation={implementation!r} cannot take the custom 4-D attention mask consistency training "
-            "packs its sequences with; load the model with attn_implementation='sdpa' (or 'eager')"
-        )
+    check_packable(model)
+    config, implementation = _attention_setup(model)
     window = getattr(config, "sliding_window", None)
     layer_types = set(getattr(config, "layer_types", None) or [])
     masks = {"full_attention": attend}

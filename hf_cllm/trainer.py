@@ -9,7 +9,6 @@ gives both losses and a single backward trains them:
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -21,12 +20,8 @@ from .config import CLLMConfig
 from .hub import CITATION, model_card, write_custom_generate
 from .losses import ar_loss, consistency_loss
 from .modeling import set_default_jacobi_n
-from .packing import JacobiCollator, model_attention_mask
-
-
-logger = logging.getLogger(__name__)
-
-TRAJECTORY_COLUMNS = ("prompt_ids", "answer_ids", "states", "state_block")
+from .packing import JacobiCollator, PackingOptions, check_packable, model_attention_mask
+from .trajectories import validate_trajectories
 
 
 class CLLMTrainer(SFTTrainer):
@@ -73,9 +68,16 @@ class CLLMTrainer(SFTTrainer):
             eval_dataset = {k: prepare_trajectories(v, args, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
         else:
             eval_dataset = prepare_trajectories(eval_dataset, args, "eval_dataset")
-        own_collator = data_collator is None
-        if own_collator and processing_class is not None:
-            data_collator = _default_collator(args, processing_class)
+        if processing_class is None:  # a Hub id / folder: its tokenizer, as SFTTrainer would load it
+            from transformers import AutoTokenizer
+
+            processing_class = AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+        if data_collator is None:
+            data_collator = JacobiCollator(
+                PackingOptions.from_config(args, processing_class),
+                pad_token_id(processing_class),
+                seed=args.data_seed if args.data_seed is not None else args.seed,
+            )
         super().__init__(
             model=model,
             args=args,
@@ -88,10 +90,8 @@ class CLLMTrainer(SFTTrainer):
             peft_config=peft_config,
             **kwargs,
         )
-        if own_collator and not isinstance(self.data_collator, JacobiCollator):  # the tokenizer was loaded by SFT
-            self.data_collator = _default_collator(args, self.processing_class)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        model_attention_mask(base, torch.ones(1, 1, 1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long))
+        check_packable(base)
         check_vocabulary(base, self.processing_class, [train_dataset, *_datasets(eval_dataset)])
         set_default_jacobi_n(base, args.jacobi_n)  # the saved model decodes with the n it was trained for
         self._cllm_base = base
@@ -185,19 +185,10 @@ class CLLMTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
-def _default_collator(args: CLLMConfig, tokenizer) -> JacobiCollator:
+def pad_token_id(tokenizer) -> int:
+    """Padding of the packed batches: the tokenizer's pad token, else its EOS, else 0 (masked out either way)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return JacobiCollator(
-        args.jacobi_n,
-        pad if pad is not None else 0,
-        consistency=args.consistency_loss,
-        ar_target=args.ar_target,
-        ar_on_prompt=args.ar_on_prompt,
-        first_divergence_mask=args.first_divergence_mask,
-        states_per_block=args.states_per_block,
-        eos_token_id=tokenizer.eos_token_id,
-        seed=args.data_seed if args.data_seed is not None else args.seed,
-    )
+    return pad if pad is not None else 0
 
 
 def _datasets(value) -> list:
@@ -207,46 +198,11 @@ def _datasets(value) -> list:
 
 
 def prepare_trajectories(dataset, args: CLLMConfig, name: str):
-    """Check trajectory rows against the config before any training (schema, n, labels) and drop degenerate rows."""
-    if dataset is None:
-        return None
-    columns = getattr(dataset, "column_names", None)
-    if columns is None:
-        raise TypeError(
-            f"{name} must be a datasets.Dataset of trajectory rows (collect_trajectories), got {dataset!r}"
-        )
-    missing = [c for c in TRAJECTORY_COLUMNS if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{name} is not a trajectory dataset: columns {missing} are missing (it has {columns}). Collect one with "
-            "`hf_cllm.collect_trajectories` / `hf-cllm collect` and load it with `load_trajectories(dir)`"
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"{name} is empty")
-    if args.skip_degenerate and "degenerate" in columns:
-        kept = dataset.filter(lambda flags: [not f for f in flags], input_columns="degenerate", batched=True)
-        if len(kept) < len(dataset):
-            logger.warning("%s: left out %d of %d degenerate rows", name, len(dataset) - len(kept), len(dataset))
-        if len(kept) == 0:
-            raise ValueError(f"every row of {name} is flagged degenerate; set skip_degenerate=False to train on them")
-        dataset = kept
-    longest_state, longest_answer = 0, 0
-    for states, answer in zip(dataset["states"], dataset["answer_ids"]):
-        longest_state = max([longest_state, *map(len, states)])
-        longest_answer = max(longest_answer, len(answer))
-    n = args.jacobi_n
-    if longest_state > n or (longest_state < n and longest_answer > longest_state):
-        raise ValueError(
-            f"{name} was collected with jacobi_n={longest_state} but CLLMConfig.jacobi_n={n}; set jacobi_n to the "
-            "block size the trajectories were collected with (collection.json records it)"
-        )
-    if args.ar_target == "labels":
-        if "labels" not in columns or any(not labels for labels in dataset["labels"]):
-            raise ValueError(
-                f"ar_target='labels' needs a gold answer in the 'labels' column of every row of {name}; collect with "
-                "a task that keeps them (e.g. task='gsm8k') or use ar_target='teacher'"
-            )
-    return dataset
+    """The trajectory contract's checks (`validate_trajectories`) with this config's block size and AR target."""
+    return validate_trajectories(
+        dataset, name, jacobi_n=args.jacobi_n, need_labels=args.ar_target == "labels",
+        skip_degenerate=args.skip_degenerate,
+    )  # fmt: skip
 
 
 def check_vocabulary(model, tokenizer, datasets) -> None:

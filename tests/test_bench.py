@@ -15,7 +15,7 @@ from tiny import tiny_tokenizer
 from hf_cllm.bench import gsm8k, harness, humaneval, run_benchmark, spider
 from hf_cllm.bench.harness import ITEMS_FILE
 from hf_cllm.bench.sandbox import run_untrusted
-from hf_cllm.tasks import get_task
+from hf_cllm.prompts import get_prompt_format
 
 
 # --- GSM8K ---------------------------------------------------------------------------------------------------------
@@ -136,9 +136,10 @@ SPIDER_ITEMS = [  # (question, what the model says, gold query)
 
 @pytest.fixture(scope="module")
 def answering_model():
-    texts = [get_task("gsm8k").prompt({"question": q}) + said for q, said, _ in GSM8K_ITEMS]
+    texts = [get_prompt_format("gsm8k").prompt({"question": q}) + said for q, said, _ in GSM8K_ITEMS]
     texts += [row["prompt"] + completion for row, completion in HUMANEVAL_ITEMS]
-    texts += [get_task("spider").prompt(spider.prompt_row({"question": q, "query": g, "schema": SCHEMA})) + said
+    spider_format = get_prompt_format("spider")
+    texts += [spider_format.prompt(spider.prompt_row({"question": q, "query": g, "schema": SCHEMA})) + said
               for q, said, g in SPIDER_ITEMS]  # fmt: skip
     return memorizing_model(tuple(texts), steps=500)
 

@@ -12,7 +12,7 @@ import torch
 from tiny import tiny_config, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from hf_cllm import collection
+from hf_cllm import collection, hub, trajectories
 from hf_cllm.collection import collect_trajectories
 
 
@@ -93,7 +93,7 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_rows(teacher, tmp_
     with pytest.raises(KeyboardInterrupt):
         collect(teacher, tmp_path / "resumed")
     monkeypatch.setattr(collection.ShardWriter, "write", original_write)
-    written = collection.load_trajectories(tmp_path / "resumed")
+    written = trajectories.load_trajectories(tmp_path / "resumed")
     assert 0 < len(written) < len(PROMPTS)
     assert not list((tmp_path / "resumed" / "shards").glob(".*tmp"))  # nothing half-written left behind
     resumed = collect(teacher, tmp_path / "resumed")
@@ -220,7 +220,7 @@ def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "p2" / "shards").iterdir())
     assert any(name.endswith("-p1.parquet") for name in shards)  # the second process wrote its own shards
-    one, two = (collection.load_trajectories(tmp_path / f"p{k}").to_dict() for k in (1, 2))
+    one, two = (trajectories.load_trajectories(tmp_path / f"p{k}").to_dict() for k in (1, 2))
     assert one == two and len(one["prompt_index"]) == len(PROMPTS)
 
 
@@ -288,9 +288,19 @@ def test_collect_command_and_push_with_a_mocked_hub(teacher, tmp_path, monkeypat
 
 def test_push_errors(teacher, tmp_path):
     with pytest.raises(ValueError, match="no collected trajectories"):
-        collection.push_trajectories(tmp_path, "someone/x")
+        hub.push_trajectories(tmp_path, "someone/x")
     collect(teacher, tmp_path / "t", prompts=PROMPTS[:2])
     with pytest.raises(ValueError, match="is malformed"):
-        collection.push_trajectories(tmp_path / "t", "not a repo id")
+        hub.push_trajectories(tmp_path / "t", "not a repo id")
     with pytest.raises(ValueError, match="offline"):
-        collection.push_trajectories(tmp_path / "t", "someone/x")
+        hub.push_trajectories(tmp_path / "t", "someone/x")
+
+
+def test_one_schema_for_the_rows_the_docs_and_the_card(teacher, tmp_path):
+    """The written rows, docs/trajectories.md and the Hub dataset card all come from `trajectories.SCHEMA`."""
+    rows = collect(teacher, tmp_path / "t", prompts=PROMPTS[:2])
+    assert rows.column_names == list(trajectories.SCHEMA)
+    assert rows.features == trajectories.features()
+    docs = Path(__file__).parent.parent / "docs" / "trajectories.md"
+    assert trajectories.schema_table() in docs.read_text()
+    assert trajectories.schema_table() in hub.dataset_card(tmp_path / "t")

@@ -17,7 +17,7 @@ from toy import SYMBOLS, toy_model, toy_prompts, toy_tokenizer
 
 from hf_cllm import AutoCLLMForCausalLM, CLLMConfig, CLLMTrainer, collect_trajectories, load_trajectories
 from hf_cllm.losses import ar_loss, consistency_loss
-from hf_cllm.packing import IGNORE_INDEX, JacobiCollator, model_attention_mask, pack_row, pick_states
+from hf_cllm.packing import IGNORE_INDEX, JacobiCollator, PackingOptions, model_attention_mask, pack_row, pick_states
 from hf_cllm.speed import jacobi_speed
 
 
@@ -86,7 +86,7 @@ def held_out_prompts(count=16):
 
 def test_pack_row_lays_out_targets_and_the_first_divergence_mask():
     torch.manual_seed(0)
-    packed = pack_row(ROW, N, generator=torch.Generator().manual_seed(1))
+    packed = pack_row(ROW, PackingOptions(N), torch.Generator().manual_seed(1))
     p, a = 5, 14
     assert packed.input_ids[: p + a] == ROW["prompt_ids"] + ROW["answer_ids"]
     # AR: the last prompt token predicts the first answer token, and so on; nothing on the prompt itself.
@@ -116,9 +116,9 @@ def test_pick_states_draws_distinct_states_per_block():
 
 
 def test_pack_row_options():
-    local = pack_row(ROW, N, consistency="local", generator=torch.Generator().manual_seed(0))
-    every = pack_row(ROW, N, first_divergence_mask=False, generator=torch.Generator().manual_seed(0))
-    gold = pack_row(ROW, N, ar_target="labels", ar_on_prompt=True, eos_token_id=2)
+    local = pack_row(ROW, PackingOptions(N, consistency="local"), torch.Generator().manual_seed(0))
+    every = pack_row(ROW, PackingOptions(N, first_divergence_mask=False), torch.Generator().manual_seed(0))
+    gold = pack_row(ROW, PackingOptions(N, ar_target="labels", ar_on_prompt=True, eos_token_id=2))
     assert all(every.consistency_mask)
     # Local: a state's target is the next state of its block (one more segment) unless it is the block's last.
     assert len(local.input_ids) in (5 + 14 + 8 + 6, 5 + 14 + 8 + 8 + 6)
@@ -142,7 +142,8 @@ def test_one_packed_forward_equals_separate_forwards(arch, implementation):
         pytest.skip(f"{arch} has no {implementation} attention")
     for consistency, target in (("global", "teacher"), ("local", "labels")):
         torch.manual_seed(1)
-        batch = JacobiCollator(N, 0, consistency=consistency, ar_target=target, eos_token_id=2)([ROW, SHORT_ROW])
+        options = PackingOptions(N, consistency=consistency, ar_target=target, eos_token_id=2)
+        batch = JacobiCollator(options, 0)([ROW, SHORT_ROW])
         mask = model_attention_mask(model, batch["attention_mask"], batch["position_ids"])
         with torch.no_grad():
             logits = model(batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).logits

@@ -23,7 +23,7 @@ from hf_cllm import enable_jacobi, jacobi_generate
 from hf_cllm.bench import run_benchmark
 from hf_cllm.bench.gsm8k import load_rows, prompt_row
 from hf_cllm.cli.common import resolve_model_path
-from hf_cllm.collection import tokenize_prompts
+from hf_cllm.prompts import tokenize_prompts
 
 
 def is_degenerate(tokens: list[int]) -> bool:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..collection import tokenize_prompts
 from ..decoding import jacobi_generate
+from ..prompts import tokenize_prompts
+from ..resume import resume_or_refuse
 from ..speed import MethodSummary, Run, eos_token_ids, timed_generate
 
 
@@ -88,17 +89,7 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
 
 def _resume(output_dir: Path, settings: dict) -> set[int]:
     """Indices already done in `output_dir`; refuse a folder made with other settings."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / SETTINGS_FILE
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        if recorded != settings:
-            changed = sorted(k for k in settings if recorded.get(k) != settings[k])
-            raise ValueError(
-                f"{output_dir} holds a run with other settings ({', '.join(changed)} differ): use a new output dir"
-            )
-    else:
-        path.write_text(json.dumps(settings, indent=2))
+    resume_or_refuse(output_dir, settings, SETTINGS_FILE, what="a benchmark run")
     done = set()
     items = output_dir / ITEMS_FILE
     if items.exists():

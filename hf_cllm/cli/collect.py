@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..collection import collect_trajectories, push_trajectories
+    from ..collection import collect_trajectories
+    from ..hub import push_trajectories
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device == "auto":
         import torch

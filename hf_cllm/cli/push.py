@@ -30,8 +30,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..collection import push_trajectories
-    from ..hub import push_decoder, push_model
+    from ..hub import push_decoder, push_model, push_trajectories
 
     if sum(bool(x) for x in (args.folder, args.decoder, args.trajectories)) != 1:
         raise CLIError("give a model folder, --decoder or --trajectories DIR (exactly one)")

@@ -51,30 +51,6 @@ def parser():
     return TrlParser((TrainScriptArguments, CLLMConfig, ModelConfig), prog="hf-cllm train", description=__doc__)
 
 
-def load_trajectory_source(source: str):
-    """A collect folder, a parquet/jsonl/json file, or a Hub dataset id -> a Dataset of trajectory rows."""
-    from pathlib import Path
-
-    import datasets
-
-    from ..collection import SETTINGS_FILE, load_trajectories
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / SETTINGS_FILE).is_file():
-            raise CLIError(f"{source}: this folder was not written by `hf-cllm collect` ({SETTINGS_FILE} missing)")
-        return load_trajectories(path)
-    if path.is_file():
-        kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}.get(path.suffix)
-        if kind is None:
-            raise CLIError(f"{source}: expected a .parquet, .jsonl or .json file")
-        return datasets.load_dataset(kind, data_files=str(path), split="train")
-    try:
-        return datasets.load_dataset(source, split="train")
-    except Exception as error:  # offline, unknown repo, ...
-        raise CLIError(f"{source}: neither a local folder/file nor a loadable Hub dataset ({error})") from None
-
-
 def run(args) -> int:
     script_args, config, model_args = parser().parse_args_and_config(args.arguments)
     return train(script_args, config, model_args)
@@ -87,14 +63,18 @@ def train(script_args, config, model_args) -> int:
 
     from ..assets import EMBEDDED_MODEL_NAME
     from ..trainer import CLLMTrainer
+    from ..trajectories import load_trajectory_source
     from .common import resolve_model_path
 
     if not script_args.trajectories:
         raise CLIError("--trajectories is required: a `hf-cllm collect` output folder, a parquet file or a Hub id")
     if not 0 <= script_args.eval_fraction < 1:
         raise CLIError(f"--eval_fraction must be in [0, 1), got {script_args.eval_fraction}")
-    train_dataset = load_trajectory_source(script_args.trajectories)
-    eval_dataset = load_trajectory_source(script_args.eval_trajectories) if script_args.eval_trajectories else None
+    try:
+        train_dataset = load_trajectory_source(script_args.trajectories)
+        eval_dataset = load_trajectory_source(script_args.eval_trajectories) if script_args.eval_trajectories else None
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     if script_args.eval_fraction and eval_dataset is None:
         split = train_dataset.train_test_split(test_size=script_args.eval_fraction, seed=config.seed)
         train_dataset, eval_dataset = split["train"], split["test"]
