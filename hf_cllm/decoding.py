@@ -9,27 +9,26 @@ exactly what greedy decoding produces; its last prediction starts the next block
 
 Everything `generate` users rely on goes through the same code path: logits processors (each window position with
 its own prefix), stopping criteria, EOS and padding of finished rows, streamers, scores and the returned cache.
+
+`jacobi_generate` reads as its steps, once per forward pass: predict and settle (`verify.py`: the acceptance rule
+and stopping), commit (`DecodedSequences`, the cache), record (`BlockRecorder`), plan the next window (`windows.py`)
+and forward it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformers.generation import GenerateDecoderOnlyOutput
-from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
-from .windows import AutoWindows, FixedBlocks, NgramGuesses, measure_costs, timer
+from .verify import GreedyAcceptance, Prediction, Settled, Stopping, settle
+from .windows import AutoWindows, FixedBlocks, GuessFn, NgramGuesses, initial_guesses, measure_costs, timer
 
 
 DEFAULT_JACOBI_N = 16
-JACOBI_INITS = ("random", "pad", "ngram")
 # `generate` arguments that only apply together with `jacobi_n`
 JACOBI_KWARGS = ("jacobi_init", "jacobi_seed", "jacobi_return_states", "jacobi_max_n", "jacobi_costs")
-
-# `jacobi_init` may also be a callable: (input_ids [B, T], num_guesses) -> LongTensor [B, num_guesses].
-GuessFn = Callable[[torch.LongTensor, int], torch.LongTensor]
 
 
 @dataclass
@@ -73,7 +72,36 @@ def validate_jacobi_n(jacobi_n) -> int | str:
     return jacobi_n
 
 
-def _check_supported(model, generation_config) -> None:
+def resolve_jacobi_n(jacobi_n, generation_config) -> int | str | None:
+    """The block size a call asks for, validated: `jacobi_n` when given, else the generation config's (a CLLM saved
+    with hf_cllm carries one), else None."""
+    if jacobi_n is None:
+        jacobi_n = getattr(generation_config, "jacobi_n", None)
+    return None if jacobi_n is None else validate_jacobi_n(jacobi_n)
+
+
+def _check_options(block_size, jacobi_max_n, jacobi_return_states, jacobi_costs) -> None:
+    """The options that only make sense with fixed blocks or only with `"auto"`."""
+    if block_size != "auto":
+        return
+    if isinstance(jacobi_max_n, bool) or not isinstance(jacobi_max_n, int) or jacobi_max_n < 1:
+        raise ValueError(
+            f'`jacobi_max_n` must be a positive integer, the longest window `jacobi_n="auto"` may use (got '
+            f"{jacobi_max_n!r}). Pass e.g. `jacobi_max_n=16`."
+        )
+    if jacobi_return_states:
+        raise ValueError(
+            '`jacobi_return_states` records the states of fixed n-token blocks, which `jacobi_n="auto"` does not '
+            "have: pass an integer `jacobi_n`, or drop `jacobi_return_states`."
+        )
+    if jacobi_costs is not None and len(jacobi_costs) != jacobi_max_n:
+        raise ValueError(
+            f"`jacobi_costs` needs one relative cost per window length 1 … `jacobi_max_n` ({jacobi_max_n}), got "
+            f"{len(jacobi_costs)}; or leave it out to measure it."
+        )
+
+
+def _check_supported(model, generation_config, model_kwargs) -> None:
     """Reject what greedy Jacobi decoding cannot do, naming the argument and the fix."""
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(
@@ -102,113 +130,82 @@ def _check_supported(model, generation_config) -> None:
         raise ValueError(
             "`output_attentions`/`output_hidden_states` are not supported with `jacobi_n`; drop them or `jacobi_n`."
         )
+    if model_kwargs.get("inputs_embeds") is not None:
+        raise ValueError("`jacobi_n` needs `input_ids`; generation from `inputs_embeds` is not supported with it.")
 
 
-def _guess_fn(jacobi_init, jacobi_seed: int, pad_token_id, batch_size, device) -> Callable:
-    """The initial guesses of a block: (input_ids, attention_mask, k) -> LongTensor [B, k]."""
-    if jacobi_init == "ngram":
-        fallback = _guess_fn("random", jacobi_seed, pad_token_id, batch_size, device)
-        return NgramGuesses(batch_size, device, fallback)
-    if callable(jacobi_init):
-        return lambda input_ids, attention_mask, k: jacobi_init(input_ids, k).to(device=device, dtype=torch.long)
-    if jacobi_init == "pad":
-        if pad_token_id is None:
-            raise ValueError(
-                "`jacobi_init='pad'` needs a `pad_token_id` (or `eos_token_id`) in the generation config."
-            )
-        return lambda input_ids, attention_mask, k: pad_token_id.to(device).expand(input_ids.shape[0], k).clone()
-    if jacobi_init != "random":
-        raise ValueError(
-            f"`jacobi_init` must be one of {JACOBI_INITS} or a callable (input_ids, num_guesses) -> guesses "
-            f"(got {jacobi_init!r})."
-        )
-    # The paper's initialisation: tokens drawn uniformly, with replacement, from the row's own context (its prompt
-    # and output so far, never its padding). Seeded so runs (and their statistics) are reproducible.
-    generator = torch.Generator(device=device).manual_seed(jacobi_seed)
+class DecodedSequences:
+    """What decoding has produced so far: the sequences [B, T], which rows are unfinished, per-row counts, and the
+    scores/logits and streamer output `generate` asked for. `commit` appends what a forward pass settled."""
 
-    def random_from_context(input_ids, attention_mask, k):
-        # Padding is on the left, so a row's own tokens are its last `valid` ones.
-        width = input_ids.shape[1]
-        valid = (
-            attention_mask.sum(-1, keepdim=True)
-            if attention_mask is not None
-            else torch.full_like(input_ids[:, :1], width)
-        )
-        offsets = (torch.rand(input_ids.shape[0], k, generator=generator, device=device) * valid).long()
-        return input_ids.gather(1, width - valid + offsets)
+    def __init__(self, input_ids, generation_config, streamer):
+        batch_size, device = input_ids.shape[0], input_ids.device
+        self.input_ids = input_ids
+        self.unfinished = torch.ones(batch_size, dtype=torch.bool, device=device)
+        self.num_forward_passes = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.num_new_tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        return_dict = generation_config.return_dict_in_generate
+        self.scores = [] if return_dict and generation_config.output_scores else None
+        self.logits = [] if return_dict and generation_config.output_logits else None
+        self.streamer = streamer
 
-    return random_from_context
+    def commit(self, settled: Settled, keep: int, prediction: Prediction) -> None:
+        """Append the first `keep` settled tokens of the window to every row."""
+        tokens = settled.emitted[:, :keep]
+        live = torch.cat([self.unfinished[:, None], settled.unfinished_after[:, :-1]], dim=1)[:, :keep]
+        self.num_forward_passes += self.unfinished
+        self.num_new_tokens += live.sum(-1)
+        self.input_ids = torch.cat([self.input_ids, tokens], dim=1)
+        self.unfinished = settled.unfinished_after[:, keep - 1]
+        if self.scores is not None:
+            self.scores.extend(prediction.scores[:, j].clone() for j in range(keep))  # not views of the whole window
+        if self.logits is not None:
+            self.logits.extend(prediction.logits[:, j].clone() for j in range(keep))
+        if self.streamer is not None:
+            for column in tokens.cpu().unbind(1):
+                self.streamer.put(column)
 
 
-def _greedy_predictions(logits, logits_processor, input_ids, window):
-    """Greedy choice at every window position, each processed with its own prefix (the guesses before it).
+class BlockRecorder:
+    """Per-block statistics of fixed-n Jacobi decoding: the iterations each block took to its fixed point and,
+    optionally, every state of every block (the trajectory that collection turns into training data)."""
 
-    logits: [B, L, V] for window [B, L] after input_ids [B, T] (whose last token is the window's first).
-    Returns (predictions [B, L], processed scores [B, L, V], raw float32 logits [B, L, V]).
-    """
-    raw = logits.to(dtype=torch.float32)
-    if len(logits_processor) == 0:
-        return raw.argmax(-1), raw, raw
-    prefix_len, prefixes = input_ids.shape[1], torch.cat([input_ids, window[:, 1:]], dim=1)
-    scores = torch.stack(
-        [logits_processor(prefixes[:, : prefix_len + i], raw[:, i].clone()) for i in range(raw.shape[1])], dim=1
-    )
-    return scores.argmax(-1), scores, raw
+    def __init__(self, block_size, batch_size, device, record_states: bool):
+        self.block_size, self.record_states = block_size, record_states
+        self.in_block, self.iterations, self.start = False, 0, 0  # the prefill's window belongs to no block
+        self.iterations_per_block: list[int] = []
+        self.num_blocks = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.states: list[torch.LongTensor] = []
+        self._block_states: list[torch.LongTensor] = []
 
+    def forward(self, input_ids, window) -> None:
+        """A forward pass is about to run on `window`."""
+        self.iterations += 1
+        if self.record_states and self.in_block:
+            # A block's state: its tokens settled so far (from the token that opened it) and the window's guesses.
+            self._block_states.append(torch.cat([input_ids[:, self.start :], window[:, 1:]], dim=1))
 
-def _emit_vectorized(pred, unfinished, eos_ids, pad):
-    """Tokens a row emits at each window position and whether it is still unfinished after it (EOS + padding only).
+    def committed(self, input_ids, unfinished, block_done: bool, stop: bool) -> None:
+        """The forward pass's tokens were committed; `block_done`: the block reached its fixed point."""
+        if self.in_block and (block_done or stop):
+            self.iterations_per_block.append(self.iterations)
+            if self.record_states:
+                fixed_point = input_ids[:, self.start : self.start + self.block_size]
+                self.states.append(_stack_states(self._block_states + [fixed_point]))
+                self._block_states = []
+        if block_done and not stop:
+            self.in_block, self.iterations, self.start = True, 0, input_ids.shape[1] - 1
+            self.num_blocks += unfinished
 
-    pred: [B, L]. Returns (emitted [B, L], unfinished_after [B, L]).
-    """
-    if eos_ids is None:
-        return pred, unfinished[:, None].expand_as(pred).clone()
-    is_eos = torch.isin(pred, eos_ids)
-    eos_seen = is_eos.long().cumsum(-1)
-    finished_before = ~unfinished[:, None] | (eos_seen - is_eos.long() > 0)
-    emitted = torch.where(finished_before, pad, pred)
-    return emitted, unfinished[:, None] & (eos_seen == 0)
-
-
-def _emit_stepwise(pred, unfinished, input_ids, stopping_criteria, pad):
-    """Same as `_emit_vectorized`, for arbitrary stopping criteria: they see the sequence grow one token at a time."""
-    length = pred.shape[1]
-    prefix_len = input_ids.shape[1]
-    sequence = torch.cat([input_ids, pred], dim=1)
-    unfinished_after = []
-    for j in range(length):
-        if pad is not None:
-            sequence[:, prefix_len + j] = torch.where(unfinished, pred[:, j], pad)
-        unfinished = unfinished & ~stopping_criteria(sequence[:, : prefix_len + j + 1], None)
-        unfinished_after.append(unfinished)
-    return sequence[:, prefix_len:], torch.stack(unfinished_after, dim=1)
+    def per_row(self) -> list[list[int]]:
+        return [self.iterations_per_block[:count] for count in self.num_blocks.tolist()]
 
 
-def _first_true(mask, default):
-    """Index of the first True along the last dim, or `default` where there is none."""
-    return torch.where(mask.any(-1), mask.long().argmax(-1), default)
-
-
-def _settle(window, pred, unfinished, input_ids, stopping_criteria, eos_ids, pad, stepwise):
-    """What one forward pass settles, as tensors (no host sync).
-
-    Returns the tokens each row would emit at each window position, whether it is unfinished after each, how many
-    tokens the batch accepts, and the first position after which every row has stopped (L if none).
-    """
-    length = window.shape[1]
-    # Position j+1 held a guess; it was right iff it equals the prediction made at position j. Predictions after the
-    # first wrong guess were made from a wrong prefix and cannot be trusted.
-    matches = (window[:, 1:] == pred[:, :-1]).long().cumprod(-1).sum(-1)  # [B]
-    if stepwise:
-        emitted, unfinished_after = _emit_stepwise(pred, unfinished, input_ids, stopping_criteria, pad)
-    else:
-        emitted, unfinished_after = _emit_vectorized(pred, unfinished, eos_ids, pad)
-    if pad is not None:
-        # A row padded from position j on does not care whether its guesses after j were right.
-        matches = torch.where(_first_true(~unfinished_after, length) <= matches, length - 1, matches)
-    accepted = matches.min() + 1  # rows share one cache length, so the batch moves at its slowest row's pace
-    all_stopped_at = _first_true(~unfinished_after.any(0), length)
-    return emitted, unfinished_after, accepted, all_stopped_at
+def _stack_states(states):
+    """One block's states as `(num_states, B, width)`; a block cut short (max length, all rows stopped) is as wide as
+    its narrowest state."""
+    width = min(state.shape[1] for state in states)
+    return torch.stack([state[:, :width] for state in states])
 
 
 @torch.no_grad()
@@ -259,136 +256,51 @@ def jacobi_generate(
             (`jacobi_costs[0]` is for one token). Measured on the model once per device, dtype and batch size when
             not given (a few forwards after the first prefill).
     """
-    if jacobi_n is None:
-        jacobi_n = getattr(generation_config, "jacobi_n", None) or DEFAULT_JACOBI_N
-    block_size = validate_jacobi_n(jacobi_n)
+    block_size = resolve_jacobi_n(jacobi_n, generation_config) or DEFAULT_JACOBI_N
     auto = block_size == "auto"
-    if auto:
-        if isinstance(jacobi_max_n, bool) or not isinstance(jacobi_max_n, int) or jacobi_max_n < 1:
-            raise ValueError(
-                f'`jacobi_max_n` must be a positive integer, the longest window `jacobi_n="auto"` may use (got '
-                f"{jacobi_max_n!r}). Pass e.g. `jacobi_max_n=16`."
-            )
-        if jacobi_return_states:
-            raise ValueError(
-                '`jacobi_return_states` records the states of fixed n-token blocks, which `jacobi_n="auto"` does not '
-                "have: pass an integer `jacobi_n`, or drop `jacobi_return_states`."
-            )
-        if jacobi_costs is not None and len(jacobi_costs) != jacobi_max_n:
-            raise ValueError(
-                f"`jacobi_costs` needs one relative cost per window length 1 … `jacobi_max_n` ({jacobi_max_n}), got "
-                f"{len(jacobi_costs)}; or leave it out to measure it."
-            )
-    _check_supported(model, generation_config)
-    if model_kwargs.get("inputs_embeds") is not None:
-        raise ValueError("`jacobi_n` needs `input_ids`; generation from `inputs_embeds` is not supported with it.")
+    _check_options(block_size, jacobi_max_n, jacobi_return_states, jacobi_costs)
+    _check_supported(model, generation_config, model_kwargs)
 
     batch_size, device = input_ids.shape[0], input_ids.device
-    # Finished rows are padded only when there is an EOS criterion, exactly as `_sample` does.
-    has_eos = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
-    pad = generation_config._pad_token_tensor.to(device) if has_eos else None
-    eos_ids = None
-    if has_eos:
-        eos_ids = [c.eos_token_id.to(device).flatten() for c in stopping_criteria if isinstance(c, EosTokenCriteria)]
-        eos_ids = torch.cat(eos_ids) if eos_ids else None
-    # EOS and max length are checked for the whole window at once; other criteria see the sequence grow stepwise.
-    stepwise = any(not isinstance(c, (EosTokenCriteria, MaxLengthCriteria)) for c in stopping_criteria)
-    max_length = stopping_criteria.max_length
-    guesses_for = _guess_fn(jacobi_init, jacobi_seed, generation_config._pad_token_tensor, batch_size, device)
-
-    want_scores = generation_config.return_dict_in_generate and generation_config.output_scores
-    want_logits = generation_config.return_dict_in_generate and generation_config.output_logits
-    scores, raw_logits = [], []
-
-    unfinished = torch.ones(batch_size, dtype=torch.bool, device=device)
-    num_forward_passes = torch.zeros(batch_size, dtype=torch.long, device=device)
-    num_new_tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
-    num_blocks = torch.zeros(batch_size, dtype=torch.long, device=device)
-    iterations_per_block: list[int] = []
+    stopping = Stopping.from_generate(stopping_criteria, generation_config, device)
+    rule = GreedyAcceptance(logits_processor)
+    opener = initial_guesses(jacobi_init, jacobi_seed, generation_config._pad_token_tensor, batch_size, device)
+    decoded = DecodedSequences(input_ids, generation_config, streamer)
     record_states = jacobi_return_states and generation_config.return_dict_in_generate
-    block_states, jacobi_states, block_start = [], [], 0
+    recorder = BlockRecorder(block_size, batch_size, device, record_states)
 
     # Prefill: the prompt goes into the model's own cache once. Its last prediction is the first new token; it goes
     # through the same acceptance code as a window of length 1 without guesses, which belongs to no block.
     outputs = model._prefill(input_ids, generation_config, model_kwargs)
-    cache = outputs.get("cache")
-    if cache is None:
-        raise ValueError(f"`jacobi_n` needs a KV cache, and {type(model).__name__} returned none. Drop `jacobi_n`.")
-    # Some layers (linear attention) only know after their first update whether they can roll back.
-    if (auto or block_size > 1) and not cache.is_croppable:
-        raise ValueError(
-            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
-            f"{type(cache).__name__} cannot. Drop `jacobi_n` for this model."
-        )
-    # Sliding-window layers drop old states on update; recording keeps them until `crop`, so rejected guesses can be
-    # rolled back (as assisted decoding does).
-    cache.activate_past_recording()
+    cache = _rollback_cache(model, outputs, needs_rollback=auto or block_size > 1)
     if auto:
         if jacobi_costs is None:
-            key = (str(device), str(model.dtype), batch_size)
-            time_forward = _window_timer(model, outputs, cache, input_ids, model_kwargs)
-            jacobi_costs = measure_costs(model, key, jacobi_max_n, time_forward)[1:]
-        ngram = guesses_for if isinstance(guesses_for, NgramGuesses) else NgramGuesses(batch_size, device, guesses_for)
+            jacobi_costs = _measured_costs(model, outputs, cache, input_ids, model_kwargs, jacobi_max_n)
+        ngram = opener if isinstance(opener, NgramGuesses) else NgramGuesses(batch_size, device, opener)
         planner = AutoWindows(jacobi_max_n, [0.0, *map(float, jacobi_costs)], ngram)
     else:
-        planner = FixedBlocks(block_size, guesses_for)
+        planner = FixedBlocks(block_size, opener)
     window, logits = input_ids[:, -1:], outputs.logits[:, -1:]
-    in_block, block_iterations = False, 0
 
     with model._optimize_model_for_decode():  # what `_sample` does for decoding (e.g. MoE kernels)
         while True:
-            num_forward_passes += unfinished
-            block_iterations += 1
-            length = window.shape[1]
-            if record_states and in_block:
-                # A block's state: its tokens settled so far (from the token that opened it) and the window's guesses.
-                block_states.append(torch.cat([input_ids[:, block_start:], window[:, 1:]], dim=1))
-            pred, step_scores, step_logits = _greedy_predictions(logits, logits_processor, input_ids, window)
-            emitted, unfinished_after, accepted, all_stopped_at = _settle(
-                window, pred, unfinished, input_ids, stopping_criteria, eos_ids, pad, stepwise
-            )
-            accepted, all_stopped_at = torch.stack([accepted, all_stopped_at]).tolist()  # the one host sync per step
-            keep = min(accepted, all_stopped_at + 1)
-
-            tokens = emitted[:, :keep]
-            live = torch.cat([unfinished[:, None], unfinished_after[:, :-1]], dim=1)[:, :keep]
-            num_new_tokens += live.sum(-1)
-            input_ids = torch.cat([input_ids, tokens], dim=1)
-            unfinished = unfinished_after[:, keep - 1]
-            if want_scores:
-                scores.extend(step_scores[:, j].clone() for j in range(keep))  # not views of the whole window
-            if want_logits:
-                raw_logits.extend(step_logits[:, j].clone() for j in range(keep))
-            if streamer is not None:
-                for column in tokens.cpu().unbind(1):
-                    streamer.put(column)
-            # Keep the KV of the `keep` window tokens whose inputs were right. The last accepted token opens the next
-            # window and is not in the cache yet: the cache always holds the sequence minus its last token.
-            cache.crop(-(length - keep))
-            model_kwargs = model._update_model_kwargs_for_generation(
-                outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=keep
-            )
-
-            block_done = keep == length  # the block reached its fixed point
-            stop = all_stopped_at < accepted or (max_length is not None and input_ids.shape[1] >= max_length)
-            if in_block and (block_done or stop):
-                iterations_per_block.append(block_iterations)
-                if record_states:
-                    fixed_point = input_ids[:, block_start : block_start + block_size]
-                    jacobi_states.append(_stack_states(block_states + [fixed_point]))
-                    block_states = []
+            recorder.forward(decoded.input_ids, window)
+            # predict → settle: what this forward pass confirms, as tensors, then the step's one host sync
+            prediction = rule.predict(logits, decoded.input_ids, window)
+            matches = rule.accepted_guesses(window, prediction)
+            settled = settle(window, prediction, matches, decoded.unfinished, decoded.input_ids, stopping)
+            keep, stop = settled.decide(decoded.input_ids.shape[1], stopping.max_length)
+            # commit → record
+            decoded.commit(settled, keep, prediction)
+            model_kwargs = _keep_in_cache(model, outputs, cache, model_kwargs, window.shape[1], keep)
+            recorder.committed(decoded.input_ids, decoded.unfinished, block_done=keep == window.shape[1], stop=stop)
             if stop:
                 break
-            if block_done:
-                in_block, block_iterations, block_start = True, 0, input_ids.shape[1] - 1
-                num_blocks += unfinished
-            # Fixed n: a new block's guesses, or (as in the paper) the window shrinks to the unsettled positions.
-            guesses = planner.next_guesses(input_ids, model_kwargs.get("attention_mask"), window, pred, keep)
-            if max_length is not None:
-                guesses = guesses[:, : max_length - input_ids.shape[1] - 1]  # never compute past `max_length`
-            if pad is not None:  # finished rows feed their last token, then padding, as in `_sample`
-                guesses = torch.where(unfinished[:, None], guesses, pad)
-            window = torch.cat([input_ids[:, -1:], guesses], dim=1)
+            # plan → forward
+            guesses = planner.next_guesses(
+                decoded.input_ids, model_kwargs.get("attention_mask"), window, prediction.tokens, keep
+            )
+            window = _next_window(decoded, guesses, stopping)
             outputs = _forward_window(model, outputs, window, model_kwargs)
             logits = outputs.logits
 
@@ -398,26 +310,62 @@ def jacobi_generate(
     if streamer is not None:
         streamer.end()
     if not generation_config.return_dict_in_generate:
-        return input_ids
-
+        return decoded.input_ids
     return JacobiGenerateOutput(
-        sequences=input_ids,
-        scores=tuple(scores) if want_scores else None,
-        logits=tuple(raw_logits) if want_logits else None,
+        sequences=decoded.input_ids,
+        scores=tuple(decoded.scores) if decoded.scores is not None else None,
+        logits=tuple(decoded.logits) if decoded.logits is not None else None,
         cache=cache,
-        num_forward_passes=num_forward_passes,
-        num_new_tokens=num_new_tokens,
-        tokens_per_forward=num_new_tokens / num_forward_passes.clamp(min=1),
-        iterations_per_block=None if auto else [iterations_per_block[:count] for count in num_blocks.tolist()],
-        jacobi_states=jacobi_states if record_states else None,
+        num_forward_passes=decoded.num_forward_passes,
+        num_new_tokens=decoded.num_new_tokens,
+        tokens_per_forward=decoded.num_new_tokens / decoded.num_forward_passes.clamp(min=1),
+        iterations_per_block=None if auto else recorder.per_row(),
+        jacobi_states=recorder.states if record_states else None,
     )
 
 
-def _stack_states(states):
-    """One block's states as `(num_states, B, width)`; a block cut short (max length, all rows stopped) is as wide as
-    its narrowest state."""
-    width = min(state.shape[1] for state in states)
-    return torch.stack([state[:, :width] for state in states])
+def _next_window(decoded: DecodedSequences, guesses, stopping: Stopping):
+    """The last committed token, then the planner's guesses — for fixed n a new block's or (as in the paper) the
+    still unsettled predictions — never past `max_length`, and padding for finished rows."""
+    input_ids = decoded.input_ids
+    if stopping.max_length is not None:
+        guesses = guesses[:, : stopping.max_length - input_ids.shape[1] - 1]  # never compute past `max_length`
+    if stopping.pad is not None:  # finished rows feed their last token, then padding, as in `_sample`
+        guesses = torch.where(decoded.unfinished[:, None], guesses, stopping.pad)
+    return torch.cat([input_ids[:, -1:], guesses], dim=1)
+
+
+def _keep_in_cache(model, outputs, cache, model_kwargs, window_length: int, keep: int) -> dict:
+    """Keep the KV of the `keep` window tokens whose inputs were right and drop the rest. The last accepted token
+    opens the next window and is not in the cache yet: the cache always holds the sequence minus its last token."""
+    cache.crop(-(window_length - keep))
+    return model._update_model_kwargs_for_generation(
+        outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=keep
+    )
+
+
+def _rollback_cache(model, outputs, needs_rollback: bool):
+    """The prefill's KV cache, made able to drop rejected guesses again."""
+    cache = outputs.get("cache")
+    if cache is None:
+        raise ValueError(f"`jacobi_n` needs a KV cache, and {type(model).__name__} returned none. Drop `jacobi_n`.")
+    # Some layers (linear attention) only know after their first update whether they can roll back.
+    if needs_rollback and not cache.is_croppable:
+        raise ValueError(
+            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
+            f"{type(cache).__name__} cannot. Drop `jacobi_n` for this model."
+        )
+    # Sliding-window layers drop old states on update; recording keeps them until `crop`, so rejected guesses can be
+    # rolled back (as assisted decoding does).
+    cache.activate_past_recording()
+    return cache
+
+
+def _measured_costs(model, outputs, cache, input_ids, model_kwargs, max_n) -> list[float]:
+    """Forward cost of windows of 1 … max_n tokens relative to one, timed once per device, dtype and batch size."""
+    key = (str(input_ids.device), str(model.dtype), input_ids.shape[0])
+    time_forward = _window_timer(model, outputs, cache, input_ids, model_kwargs)
+    return measure_costs(model, key, max_n, time_forward)[1:]
 
 
 def _window_timer(model, outputs, cache, input_ids, model_kwargs):

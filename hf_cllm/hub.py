@@ -1,9 +1,9 @@
 """The Hub side: the `custom_generate/` folder that makes a saved CLLM Jacobi-decode with transformers alone, its
 model card, and pushing a model folder, a standalone decoder repo or collected trajectories (with a dataset card).
 
-`custom_generate/` holds verbatim copies of `decoding.py`, `windows.py`, `routing.py` and `hub_generate.py` as
-`generate.py`;
-they import nothing from hf_cllm (only each other, relatively), so the package and the Hub code cannot drift.
+`custom_generate/` holds verbatim copies of `decoding.py`, `verify.py`, `windows.py`, `routing.py` and
+`hub_generate.py` as `generate.py`; they import nothing from hf_cllm (only each other, relatively), so the package
+and the Hub code cannot drift.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ CUSTOM_GENERATE_FILES = {
     "decoding.py": "decoding.py",
     "routing.py": "routing.py",
     "windows.py": "windows.py",
+    "verify.py": "verify.py",
 }
 # What the copied code needs; transformers checks these lines before it runs the code. Kept equal to pyproject's.
 REQUIREMENTS = ["torch>=2.6", "transformers>=5.24,<5.40"]

@@ -1,8 +1,8 @@
 """Lossless Jacobi decoding (CLLM, arXiv 2403.00835) for transformers' `custom_generate`, made by hf_cllm.
 
 This file is `custom_generate/generate.py` of a model or decoder repo; beside it, `decoding.py` (the decoding loop),
-`windows.py` (what each window holds) and `routing.py` (what `jacobi_n` means) are verbatim copies of hf_cllm's
-modules, so the repo runs with transformers alone. Two ways in:
+`verify.py` (what a forward pass confirms), `windows.py` (what each window holds) and `routing.py` (what `jacobi_n`
+means) are verbatim copies of hf_cllm's modules, so the repo runs with transformers alone. Two ways in:
 
     model = AutoModelForCausalLM.from_pretrained(cllm_repo, trust_remote_code=True)
     model.generate(**inputs, max_new_tokens=256)              # Jacobi with the repo's jacobi_n, identical to greedy
@@ -19,7 +19,7 @@ import functools
 
 from transformers import GenerationMixin
 
-from .decoding import DEFAULT_JACOBI_N
+from .decoding import DEFAULT_JACOBI_N, resolve_jacobi_n
 from .routing import route_generate
 
 
@@ -29,6 +29,6 @@ def generate(*args, model, **kwargs):
     if isinstance(kwargs.get("custom_generate"), str):
         kwargs.pop("custom_generate")
     kwargs.pop("trust_remote_code", None)
-    if kwargs.get("jacobi_n") is None and getattr(model.generation_config, "jacobi_n", None) is None:
+    if resolve_jacobi_n(kwargs.get("jacobi_n"), model.generation_config) is None:
         kwargs["jacobi_n"] = DEFAULT_JACOBI_N  # a plain model that asked for this decoder
     return route_generate(model, functools.partial(GenerationMixin.generate, model), *args, **kwargs)

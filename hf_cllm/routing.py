@@ -14,7 +14,7 @@ import functools
 from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList, StopStringCriteria
 
-from .decoding import JACOBI_KWARGS, jacobi_generate, validate_jacobi_n
+from .decoding import JACOBI_KWARGS, jacobi_generate, resolve_jacobi_n
 
 
 def route_generate(
@@ -36,12 +36,11 @@ def route_generate(
         return stock_generate(inputs, generation_config, streamer=streamer, **jacobi_kwargs, **kwargs)
     config = generation_config if generation_config is not None else model.generation_config
     explicit = jacobi_n is not None
-    jacobi_n = jacobi_n if explicit else getattr(config, "jacobi_n", None)
+    jacobi_n = resolve_jacobi_n(jacobi_n, config)
     if jacobi_n is None or (not explicit and _asks_for_another_mode(config, kwargs)):
         if jacobi_kwargs and jacobi_n is None:
             raise ValueError(f"{sorted(jacobi_kwargs)} only apply with `jacobi_n`: pass `jacobi_n` too.")
         return stock_generate(inputs, generation_config, streamer=streamer, **kwargs)
-    validate_jacobi_n(jacobi_n)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("`jacobi_n` cannot be combined with `assistant_model`: choose one of the two.")
     if kwargs.get("synced_gpus"):

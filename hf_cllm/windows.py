@@ -18,6 +18,9 @@ import torch
 
 # (input_ids [B, T], attention_mask [B, T] or None, k) -> LongTensor [B, k]
 Guesser = Callable[[torch.LongTensor, torch.Tensor | None, int], torch.LongTensor]
+JACOBI_INITS = ("random", "pad", "ngram")
+# `jacobi_init` may also be a callable: (input_ids [B, T], num_guesses) -> LongTensor [B, num_guesses].
+GuessFn = Callable[[torch.LongTensor, int], torch.LongTensor]
 
 
 def _row_starts(input_ids, attention_mask):
@@ -25,6 +28,42 @@ def _row_starts(input_ids, attention_mask):
     if attention_mask is None:
         return torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     return input_ids.shape[1] - attention_mask.sum(-1).long()
+
+
+def initial_guesses(jacobi_init, jacobi_seed: int, pad_token_id, batch_size, device) -> Guesser:
+    """The `Guesser` that opens a block for `jacobi_init` ("random", "pad", "ngram" or a `GuessFn`)."""
+    if jacobi_init == "ngram":
+        fallback = initial_guesses("random", jacobi_seed, pad_token_id, batch_size, device)
+        return NgramGuesses(batch_size, device, fallback)
+    if callable(jacobi_init):
+        return lambda input_ids, attention_mask, k: jacobi_init(input_ids, k).to(device=device, dtype=torch.long)
+    if jacobi_init == "pad":
+        if pad_token_id is None:
+            raise ValueError(
+                "`jacobi_init='pad'` needs a `pad_token_id` (or `eos_token_id`) in the generation config."
+            )
+        return lambda input_ids, attention_mask, k: pad_token_id.to(device).expand(input_ids.shape[0], k).clone()
+    if jacobi_init != "random":
+        raise ValueError(
+            f"`jacobi_init` must be one of {JACOBI_INITS} or a callable (input_ids, num_guesses) -> guesses "
+            f"(got {jacobi_init!r})."
+        )
+    # The paper's initialisation: tokens drawn uniformly, with replacement, from the row's own context (its prompt
+    # and output so far, never its padding). Seeded so runs (and their statistics) are reproducible.
+    generator = torch.Generator(device=device).manual_seed(jacobi_seed)
+
+    def random_from_context(input_ids, attention_mask, k):
+        # Padding is on the left, so a row's own tokens are its last `valid` ones.
+        width = input_ids.shape[1]
+        valid = (
+            attention_mask.sum(-1, keepdim=True)
+            if attention_mask is not None
+            else torch.full_like(input_ids[:, :1], width)
+        )
+        offsets = (torch.rand(input_ids.shape[0], k, generator=generator, device=device) * valid).long()
+        return input_ids.gather(1, width - valid + offsets)
+
+    return random_from_context
 
 
 class NgramGuesses:

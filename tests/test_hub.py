@@ -60,7 +60,7 @@ def run_without_hf_cllm(code: str) -> dict:
 def test_a_saved_cllm_jacobi_decodes_with_transformers_alone(tmp_path):
     folder = saved_cllm(tmp_path / "cllm")
     assert sorted(p.name for p in (folder / "custom_generate").iterdir()) == [
-        "decoding.py", "generate.py", "requirements.txt", "routing.py", "windows.py",
+        "decoding.py", "generate.py", "requirements.txt", "routing.py", "verify.py", "windows.py",
     ]  # fmt: skip
     result = run_without_hf_cllm(f"""
         import json, torch
@@ -131,7 +131,8 @@ def test_push_uploads_weights_config_card_and_custom_generate(tmp_path, fake_hub
     assert fake_hub["repos"] == ["someone/tiny-cllm"] and upload["repo_id"] == "someone/tiny-cllm"
     for name in ("model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json",
                  "custom_generate/generate.py", "custom_generate/decoding.py", "custom_generate/routing.py",
-                 "custom_generate/windows.py", "custom_generate/requirements.txt"):  # fmt: skip
+                 "custom_generate/verify.py", "custom_generate/windows.py",
+                 "custom_generate/requirements.txt"):  # fmt: skip
         assert name in files, name
     assert not any(name.startswith("checkpoint-") for name in files)
     assert json.loads(files["generation_config.json"])["jacobi_n"] == N
@@ -149,7 +150,7 @@ def test_model_push_to_hub_and_decoder_push(tmp_path, fake_hub):
     assert "custom_generate/generate.py" in model_upload["files"] and "model.safetensors" in model_upload["files"]
     assert sorted(decoder_upload["files"]) == [
         "README.md", "custom_generate/decoding.py", "custom_generate/generate.py", "custom_generate/requirements.txt",
-        "custom_generate/routing.py", "custom_generate/windows.py",
+        "custom_generate/routing.py", "custom_generate/verify.py", "custom_generate/windows.py",
     ]  # fmt: skip
     assert 'custom_generate="someone/jacobi-decoding"' in decoder_upload["files"]["README.md"].decode()
 

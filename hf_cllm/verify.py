@@ -1,0 +1,134 @@
+"""What one Jacobi forward pass confirms: the acceptance rule, the stopping rules, and the settled tokens.
+
+The decoding loop (decoding.py) runs a window `[known next token, guesses...]` through the model; this module turns
+the window's logits into what may be committed. Like decoding.py it imports only torch and transformers: it is copied
+into the `custom_generate/` folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+
+class Prediction(NamedTuple):
+    """The model's choice at every window position: tokens [B, L], processed scores [B, L, V], raw logits [B, L, V]."""
+
+    tokens: torch.LongTensor
+    scores: torch.FloatTensor
+    logits: torch.FloatTensor
+
+
+class GreedyAcceptance:
+    """The acceptance rule of greedy Jacobi decoding, the one place where it would differ from sampling.
+
+    `predict`: the greedy choice at every window position, each position's logits processed with its own prefix (the
+    guesses before it). `accepted_guesses`: how many leading guesses the window confirms — guess j+1 was right iff it
+    equals the prediction made at position j; predictions after the first wrong guess came from a wrong prefix.
+    """
+
+    def __init__(self, logits_processor):
+        self.logits_processor = logits_processor
+
+    def predict(self, logits, input_ids, window) -> Prediction:
+        """logits: [B, L, V] for window [B, L] after input_ids [B, T] (whose last token is the window's first)."""
+        raw = logits.to(dtype=torch.float32)
+        if len(self.logits_processor) == 0:
+            return Prediction(raw.argmax(-1), raw, raw)
+        prefix_len, prefixes = input_ids.shape[1], torch.cat([input_ids, window[:, 1:]], dim=1)
+        scores = torch.stack(
+            [self.logits_processor(prefixes[:, : prefix_len + i], raw[:, i].clone()) for i in range(raw.shape[1])],
+            dim=1,
+        )
+        return Prediction(scores.argmax(-1), scores, raw)
+
+    def accepted_guesses(self, window, prediction: Prediction) -> torch.LongTensor:
+        return (window[:, 1:] == prediction.tokens[:, :-1]).long().cumprod(-1).sum(-1)  # [B]
+
+
+def _first_true(mask, default):
+    """Index of the first True along the last dim, or `default` where there is none."""
+    return torch.where(mask.any(-1), mask.long().argmax(-1), default)
+
+
+@dataclass
+class Stopping:
+    """When rows stop, from `generate`'s stopping criteria. Finished rows are padded only when there is an EOS
+    criterion, exactly as `_sample` does. EOS and max length are checked for a whole window at once; any other
+    criterion sees the sequence grow one token at a time (`stepwise`)."""
+
+    criteria: object
+    pad: torch.Tensor | None
+    eos_ids: torch.Tensor | None
+    stepwise: bool
+    max_length: int | None
+
+    @classmethod
+    def from_generate(cls, stopping_criteria, generation_config, device) -> Stopping:
+        has_eos = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+        eos = [c.eos_token_id.to(device).flatten() for c in stopping_criteria if isinstance(c, EosTokenCriteria)]
+        return cls(
+            criteria=stopping_criteria,
+            pad=generation_config._pad_token_tensor.to(device) if has_eos else None,
+            eos_ids=torch.cat(eos) if has_eos and eos else None,
+            stepwise=any(not isinstance(c, (EosTokenCriteria, MaxLengthCriteria)) for c in stopping_criteria),
+            max_length=stopping_criteria.max_length,
+        )
+
+    def emit(self, pred, unfinished, input_ids):
+        """Tokens a row emits at each window position and whether it is unfinished after it.
+
+        pred: [B, L]. Returns (emitted [B, L], unfinished_after [B, L]).
+        """
+        if self.stepwise:
+            return self._emit_stepwise(pred, unfinished, input_ids)
+        if self.eos_ids is None:
+            return pred, unfinished[:, None].expand_as(pred).clone()
+        is_eos = torch.isin(pred, self.eos_ids)
+        eos_seen = is_eos.long().cumsum(-1)
+        finished_before = ~unfinished[:, None] | (eos_seen - is_eos.long() > 0)
+        emitted = torch.where(finished_before, self.pad, pred)
+        return emitted, unfinished[:, None] & (eos_seen == 0)
+
+    def _emit_stepwise(self, pred, unfinished, input_ids):
+        prefix_len = input_ids.shape[1]
+        sequence = torch.cat([input_ids, pred], dim=1)
+        unfinished_after = []
+        for j in range(pred.shape[1]):
+            if self.pad is not None:
+                sequence[:, prefix_len + j] = torch.where(unfinished, pred[:, j], self.pad)
+            unfinished = unfinished & ~self.criteria(sequence[:, : prefix_len + j + 1], None)
+            unfinished_after.append(unfinished)
+        return sequence[:, prefix_len:], torch.stack(unfinished_after, dim=1)
+
+
+class Settled(NamedTuple):
+    """What one forward pass settles, as tensors: what each row would emit at each window position [B, L], whether
+    it is unfinished after each [B, L], how many tokens the batch accepts, and the first position after which every
+    row has stopped (L if none)."""
+
+    emitted: torch.LongTensor
+    unfinished_after: torch.BoolTensor
+    accepted: torch.LongTensor
+    all_stopped_at: torch.LongTensor
+
+    def decide(self, sequence_length: int, max_length: int | None) -> tuple[int, bool]:
+        """How many window tokens to commit, and whether decoding stops after them: the step's one host sync."""
+        accepted, all_stopped_at = torch.stack([self.accepted, self.all_stopped_at]).tolist()
+        keep = min(accepted, all_stopped_at + 1)
+        stop = all_stopped_at < accepted or (max_length is not None and sequence_length + keep >= max_length)
+        return keep, stop
+
+
+def settle(window, prediction: Prediction, matches, unfinished, input_ids, stopping: Stopping) -> Settled:
+    """Apply EOS/stopping to the predictions and the confirmed guesses (`matches` [B]), without a host sync."""
+    length = window.shape[1]
+    emitted, unfinished_after = stopping.emit(prediction.tokens, unfinished, input_ids)
+    if stopping.pad is not None:
+        # A row padded from position j on does not care whether its guesses after j were right.
+        matches = torch.where(_first_true(~unfinished_after, length) <= matches, length - 1, matches)
+    accepted = matches.min() + 1  # rows share one cache length, so the batch moves at its slowest row's pace
+    return Settled(emitted, unfinished_after, accepted, _first_true(~unfinished_after.any(0), length))
