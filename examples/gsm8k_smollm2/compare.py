@@ -20,8 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_cllm import enable_jacobi, jacobi_generate
-from hf_cllm.bench import run_benchmark
-from hf_cllm.bench.gsm8k import load_rows, prompt_row
+from hf_cllm.bench import get_benchmark, run_benchmark
 from hf_cllm.cli.common import resolve_model_path
 from hf_cllm.prompts import tokenize_prompts
 
@@ -117,7 +116,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     base_path = resolve_model_path(args.base)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    prompt_rows = [prompt_row(row, chat=True) for row in load_rows(args.data)[: args.acceptance_prompts]]
+    gsm8k = get_benchmark("gsm8k")
+    prompt_rows = [gsm8k.prompt_row(row, chat=True) for row in gsm8k.load_rows(args.data)[: args.acceptance_prompts]]
     prompts, _ = tokenize_prompts(prompt_rows, tokenizer, "gsm8k", True, None, args.max_new_tokens)
 
     results = {"settings": vars(args) | {"command": " ".join(sys.argv)}, "models": {}}

@@ -8,7 +8,6 @@ picks up where it stopped; the report (JSON, Markdown, plot) is computed from th
 
 from __future__ import annotations
 
-import importlib
 import json
 import platform
 import sys
@@ -20,40 +19,37 @@ from ..decoding import jacobi_generate
 from ..prompts import tokenize_prompts
 from ..resume import resume_or_refuse
 from ..speed import MethodSummary, Run, eos_token_ids, timed_generate
+from .task import get_benchmark
 
 
-BENCHMARKS = {"gsm8k": "hf_cllm.bench.gsm8k", "humaneval": "hf_cllm.bench.humaneval", "spider": "hf_cllm.bench.spider"}
 ITEMS_FILE, SETTINGS_FILE = "items.jsonl", "settings.json"
-
-
-def get_benchmark(name: str):
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}: choose one of {sorted(BENCHMARKS)}")
-    return importlib.import_module(BENCHMARKS[name])
 
 
 def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | None = None, jacobi_n: int | str = 16,
                   limit: int | None = None, max_new_tokens: int | None = None, chat: bool | None = None,
-                  progress: bool = True, command: str | None = None,
-                  spider_db_dir: str | None = None) -> dict:  # fmt: skip
-    """Run `benchmark` ("gsm8k", "humaneval", "spider") and write `output_dir/{items.jsonl, report.json, report.md,
-    report.png}`; returns the report. Rerun with the same arguments to resume. `spider_db_dir`: the Spider SQLite
-    databases (`<dir>/<db_id>/<db_id>.sqlite`), for execution accuracy."""
+                  progress: bool = True, command: str | None = None, options: dict | None = None) -> dict:  # fmt: skip
+    """Run `benchmark` (a registered `BenchmarkTask`: "gsm8k", "humaneval", "spider", ...) and write
+    `output_dir/{items.jsonl, report.json, report.md, report.png}`; returns the report. Rerun with the same arguments
+    to resume. `options`: the task's own options (`BenchmarkTask.options`, e.g. Spider's `db_dir`)."""
     from tqdm.auto import tqdm
 
     task = get_benchmark(benchmark)
+    options = {key: value for key, value in (options or {}).items() if value is not None}
+    unknown = sorted(set(options) - set(task.options))
+    if unknown:
+        raise ValueError(f"{benchmark} has no option {', '.join(unknown)}: its options are {sorted(task.options)}")
     rows = task.load_rows(data)[:limit]
     if not rows:
         raise ValueError(f"no {benchmark} items to run (data={data!r}, limit={limit})")
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-    max_new_tokens = max_new_tokens or task.MAX_NEW_TOKENS
+    max_new_tokens = max_new_tokens or task.max_new_tokens
     prompt_rows = [task.prompt_row(row, chat=chat) for row in rows]
     context = getattr(model.config, "max_position_embeddings", None)
-    prompts, _ = tokenize_prompts(prompt_rows, tokenizer, task.TASK, chat, context, max_new_tokens)
+    prompts, _ = tokenize_prompts(prompt_rows, tokenizer, task.prompt_format, chat, context, max_new_tokens)
 
     settings = {"benchmark": benchmark, "model": str(getattr(model.config, "_name_or_path", "")), "data": data,
                 "jacobi_n": jacobi_n, "limit": limit, "max_new_tokens": max_new_tokens, "chat": chat,
-                "dtype": str(model.dtype), "device": str(model.device), "spider_db_dir": spider_db_dir}  # fmt: skip
+                "dtype": str(model.dtype), "device": str(model.device), "options": options}  # fmt: skip
     output_dir = Path(output_dir)
     done = _resume(output_dir, settings)
     eos = eos_token_ids(model)
@@ -81,7 +77,6 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
                                 "text": tokenizer.decode(run.tokens, skip_special_tokens=True)}  # fmt: skip
             items.write(json.dumps(record) + "\n")
             items.flush()
-    options = {"db_dir": spider_db_dir} if benchmark == "spider" else {}
     report = build_report(task, rows, output_dir, settings, command, options)
     write_report(report, output_dir)
     return report

