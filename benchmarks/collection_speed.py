@@ -22,7 +22,7 @@ from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
 from hf_cllm.collection import collect_trajectories
 from hf_cllm.prompts import load_prompt_rows, tokenize_prompts
-from hf_cllm.speed import eos_token_ids
+from hf_cllm.modeling import eos_token_ids
 
 
 @torch.no_grad()

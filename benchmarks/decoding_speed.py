@@ -28,7 +28,8 @@ from hf_cllm.assets import embedded_model_dir
 from hf_cllm.bench import benchmark_names, get_benchmark
 from hf_cllm.cli.demo import DEMO_QUESTIONS
 from hf_cllm.prompts import tokenize_prompts
-from hf_cllm.speed import MethodSummary, eos_token_ids, timed_generate
+from hf_cllm.modeling import eos_token_ids
+from hf_cllm.speed import MethodSummary, timed_generate
 
 
 def load_prompts(task: str | None, path: str | None, count: int, tokenizer, max_new_tokens: int) -> list[list[int]]:

@@ -183,7 +183,7 @@ def collect_trajectories(
     from tqdm.auto import tqdm
 
     from .decoding import jacobi_generate, validate_jacobi_n
-    from .speed import eos_token_ids
+    from .modeling import eos_token_ids
 
     validate_jacobi_n(jacobi_n)
     if batch_size < 1 or shard_size < 1:

@@ -93,6 +93,12 @@ def set_default_jacobi_n(model, jacobi_n: int) -> None:
     model.generation_config._from_model_config = False
 
 
+def eos_token_ids(model) -> list[int]:
+    """The model's EOS ids as a list (a generation config holds one id, a list, or none)."""
+    eos = model.generation_config.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
 class AutoCLLMForCausalLM:
     """`AutoModelForCausalLM` whose models decode with `generate(..., jacobi_n=N)`.
 

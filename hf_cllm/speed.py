@@ -1,4 +1,4 @@
-"""Measuring decoding speed the way docs/measuring.md defines it: TPF, tokens/s, speedup, identity.
+"""Measuring decoding speed as docs/benchmarks.md defines it: TPF, tokens/s, speedup, identity.
 
 Forward passes are counted with a forward pre-hook on the model, never by trusting the decoder's own counter.
 """
@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+
+from .modeling import eos_token_ids
 
 
 @contextlib.contextmanager
@@ -27,12 +29,6 @@ def count_forwards(model):
         yield calls
     finally:
         handle.remove()
-
-
-def eos_token_ids(model) -> list[int]:
-    """The model's EOS ids as a list (a generation config holds one id, a list, or none)."""
-    eos = model.generation_config.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def new_tokens_to_eos(sequence: torch.Tensor, prompt_length: int, eos_token_ids) -> torch.Tensor:

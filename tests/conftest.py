@@ -1,7 +1,6 @@
 """Tests run offline, on tiny models built in code, with every Hugging Face cache in a temporary folder."""
 
 import os
-import sys
 import tempfile
 
 
@@ -14,7 +13,6 @@ for _name, _value in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ[_name] = _value
-sys.path.insert(0, os.path.dirname(__file__))
 
 from hf_cllm.assets import cache_root  # noqa: E402  (light: no torch)
 
@@ -28,3 +26,15 @@ import torch  # noqa: E402
 
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason, where there is none."""
+    import pytest
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -18,7 +18,8 @@ import torch
 from ..decoding import jacobi_generate
 from ..prompts import tokenize_prompts
 from ..resume import resume_or_refuse
-from ..speed import MethodSummary, Run, eos_token_ids, timed_generate
+from ..modeling import eos_token_ids
+from ..speed import MethodSummary, Run, timed_generate
 from .task import get_benchmark
 
 

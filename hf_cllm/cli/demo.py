@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from ..speed import eos_token_ids, timed_generate
+    from ..modeling import eos_token_ids
+    from ..speed import timed_generate
     from ..visualize import plot_trajectory, render_terminal
 
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
