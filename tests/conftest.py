@@ -38,3 +38,62 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- the in-code models and tokenizers, as fixtures ------------------------------------------------------------------
+# Each is the builder itself (cached where it says so), so a test asks for what it builds with its own arguments,
+# e.g. `def test_x(tiny_model): model = tiny_model("gpt2")`. Module-level constants (ARCHITECTURES, PAD, EOS, VOCAB,
+# SYMBOLS) and data helpers (random_prompts) are imported from tests/tiny.py and tests/toy.py.
+
+import pytest  # noqa: E402
+import scripted  # noqa: E402
+import tiny  # noqa: E402
+import toy  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """`tiny_model(arch="llama", seed=0)`: a random fp32 model of a test architecture, cached (do not modify it)."""
+    return tiny.tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """`tiny_config(arch="llama")`: a new config of a test architecture."""
+    return tiny.tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """`tiny_tokenizer()`: a byte-level BPE tokenizer trained in code, matching the tiny models' vocabulary."""
+    return tiny.tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """`toy_model(steps=300, seed=0)`: a fresh copy of a tiny Llama trained on the toy language."""
+    return toy.toy_model
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer():
+    """`toy_tokenizer()`: the toy language's word-level tokenizer."""
+    return toy.toy_tokenizer
+
+
+@pytest.fixture(scope="session")
+def toy_prompts():
+    """`toy_prompts(count, seed, length=8)`: prompts in the toy language."""
+    return toy.toy_prompts
+
+
+@pytest.fixture(scope="session")
+def memorizing_model():
+    """`memorizing_model(texts, steps=400)`: a tiny Llama that greedily reproduces the given texts (cached)."""
+    return scripted.memorizing_model
+
+
+@pytest.fixture(scope="session")
+def rule_model():
+    """`rule_model(rule)`: a tiny Llama whose greedy choice is `rule(tokens, positions)`."""
+    return scripted.rule_model

@@ -4,8 +4,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scripted import rule_model
-from tiny import ARCHITECTURES, random_prompts, tiny_model
+from tiny import ARCHITECTURES, random_prompts
 
 from hf_cllm import jacobi_generate
 from hf_cllm.windows import NgramGuesses, measure_costs
@@ -56,7 +55,7 @@ def by_token_and_position(tokens, positions):  # no two steps alike: no guess is
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("setting", [dict(jacobi_n=6, jacobi_init="ngram"), dict(jacobi_n="auto")])
-def test_identical_to_greedy_across_architectures(arch, setting):
+def test_identical_to_greedy_across_architectures(arch, setting, tiny_model):
     model = tiny_model(arch)
     input_ids, attention_mask = random_prompts(3, [5, 11, 2], seed=1)
     input_ids[:, -4:] = input_ids[:, -8:-4]  # something for prompt lookup to find
@@ -77,7 +76,7 @@ def test_identical_to_greedy_across_architectures(arch, setting):
     flat=st.booleans(),
     seed=st.integers(0, 1000),
 )
-def test_auto_identical_property(rule, lengths, max_n, max_new_tokens, init, flat, seed):
+def test_auto_identical_property(rule, lengths, max_n, max_new_tokens, init, flat, seed, tiny_model, rule_model):
     model = tiny_model("llama") if rule is None else rule_model(rule)
     input_ids, attention_mask = random_prompts(len(lengths), lengths, seed=seed)
     costs = (FLAT_COSTS if flat else CPU_COSTS)[:max_n]
@@ -107,7 +106,7 @@ def test_lookup_takes_the_latest_longest_match_then_the_pool():
     assert guesses[1].tolist() == [43, -1, -1, -1] and int(found[1]) == 1 and int(source[1]) == 0
 
 
-def test_pool_memory_stays_bounded():
+def test_pool_memory_stays_bounded(rule_model):
     fallback = lambda ids, mask, k: torch.zeros((ids.shape[0], k), dtype=torch.long)  # noqa: E731
     ngram = NgramGuesses(1, "cpu", fallback, pool_size=8, span=4)
     shapes = (ngram.pool_keys.shape, ngram.pool_values.shape)
@@ -124,7 +123,7 @@ def test_pool_memory_stays_bounded():
     assert torch.equal(got, expected)
 
 
-def test_auto_falls_back_to_one_token_windows_when_guesses_never_pay():
+def test_auto_falls_back_to_one_token_windows_when_guesses_never_pay(rule_model):
     model = rule_model(by_token_and_position)
     input_ids, _ = random_prompts(1, [8], seed=3)
     out, lengths = windows_of(model, input_ids, max_new_tokens=200, jacobi_n="auto", jacobi_costs=CPU_COSTS)
@@ -136,7 +135,7 @@ def test_auto_falls_back_to_one_token_windows_when_guesses_never_pay():
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5])
-def test_auto_is_never_meaningfully_slower_than_greedy_on_a_random_model(seed):
+def test_auto_is_never_meaningfully_slower_than_greedy_on_a_random_model(seed, tiny_model):
     """A random model falls into loops now and then (n-gram guesses pay there) and is unpredictable elsewhere."""
     model = tiny_model("llama")
     input_ids, _ = random_prompts(1, [8], seed=seed)
@@ -145,7 +144,7 @@ def test_auto_is_never_meaningfully_slower_than_greedy_on_a_random_model(seed):
     assert cost(lengths, CPU_COSTS) <= 1.04 * 199
 
 
-def test_auto_checks_ngram_guesses_where_text_repeats():
+def test_auto_checks_ngram_guesses_where_text_repeats(rule_model):
     model = rule_model(counting_cycle)
     input_ids, _ = random_prompts(1, [8], seed=3)
     out, lengths = windows_of(model, input_ids, max_new_tokens=120, jacobi_n="auto", jacobi_costs=CPU_COSTS)
@@ -155,7 +154,7 @@ def test_auto_checks_ngram_guesses_where_text_repeats():
 
 
 @pytest.mark.parametrize("costs", [FLAT_COSTS, CPU_COSTS], ids=["flat", "cpu"])
-def test_auto_is_as_fast_as_the_best_fixed_block_size_on_a_model_that_converges(costs):
+def test_auto_is_as_fast_as_the_best_fixed_block_size_on_a_model_that_converges(costs, rule_model):
     """On a model whose Jacobi blocks converge in two iterations (a CLLM's behaviour), auto runs blocks."""
     model = rule_model(by_position)
     input_ids, _ = random_prompts(1, [8], seed=3)
@@ -184,7 +183,7 @@ def test_measured_costs_are_cached_and_non_decreasing():
     assert measure_costs(model, ("cpu", "float32", 1), 8, time_forward) is costs and len(calls) == 8
 
 
-def test_auto_measures_costs_once_per_model():
+def test_auto_measures_costs_once_per_model(rule_model):
     model = rule_model(by_position)
     input_ids, _ = random_prompts(1, [8], seed=3)
     first, first_lengths = windows_of(model, input_ids, max_new_tokens=30, jacobi_n="auto", jacobi_max_n=8)
@@ -193,7 +192,7 @@ def test_auto_measures_costs_once_per_model():
     assert len(first_lengths) == len(again_lengths) + 3 * 4  # lengths 1, 2, 4, 8, three times each, once
 
 
-def test_auto_is_routed_from_model_generate():
+def test_auto_is_routed_from_model_generate(rule_model):
     from hf_cllm import enable_jacobi
 
     model = enable_jacobi(rule_model(counting_cycle), jacobi_n="auto")

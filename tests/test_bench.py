@@ -11,8 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from scripted import memorizing_model
-from tiny import tiny_tokenizer
 
 from hf_cllm.bench import benchmark_names, get_benchmark, harness, run_benchmark
 from hf_cllm.bench.harness import ITEMS_FILE
@@ -138,7 +136,7 @@ SPIDER_ITEMS = [  # (question, what the model says, gold query)
 
 
 @pytest.fixture(scope="module")
-def answering_model():
+def answering_model(memorizing_model):
     texts = [get_prompt_format("gsm8k").prompt({"question": q}) + said for q, said, _ in GSM8K_ITEMS]
     texts += [row["prompt"] + completion for row, completion in HUMANEVAL_ITEMS]
     spider_format = get_prompt_format("spider")
@@ -156,7 +154,7 @@ def gsm8k_data(tmp_path):
     return write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": q, "answer": gold} for q, _, gold in GSM8K_ITEMS])
 
 
-def test_gsm8k_run_reports_known_quality_and_speed(answering_model, tmp_path):
+def test_gsm8k_run_reports_known_quality_and_speed(answering_model, tmp_path, tiny_tokenizer):
     report = run_benchmark(
         answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", data=str(gsm8k_data(tmp_path)), jacobi_n=4,
         max_new_tokens=24, chat=False, progress=False,
@@ -171,7 +169,7 @@ def test_gsm8k_run_reports_known_quality_and_speed(answering_model, tmp_path):
     assert report["environment"]["transformers"] and report["settings"]["jacobi_n"] == 4
 
 
-def test_humaneval_run_reports_known_pass_at_1(answering_model, tmp_path):
+def test_humaneval_run_reports_known_pass_at_1(answering_model, tmp_path, tiny_tokenizer):
     data = write_jsonl(tmp_path / "he.jsonl", [row for row, _ in HUMANEVAL_ITEMS])
     report = run_benchmark(
         answering_model, tiny_tokenizer(), "humaneval", tmp_path / "out", data=str(data), jacobi_n=4,
@@ -181,7 +179,7 @@ def test_humaneval_run_reports_known_pass_at_1(answering_model, tmp_path):
     assert [item["correct_ar"] for item in report["per_item"]] == [True, False]
 
 
-def test_an_interrupted_run_resumes_without_redoing_items(answering_model, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_without_redoing_items(answering_model, tmp_path, monkeypatch, tiny_tokenizer):
     data = str(gsm8k_data(tmp_path))
     settings = dict(data=data, jacobi_n=4, max_new_tokens=24, chat=False, progress=False)
     first = run_benchmark(answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", **settings)
@@ -203,7 +201,7 @@ def test_missing_data_offline_says_what_to_use():
         humaneval.HumanEval().load_rows("someone/not-here")
 
 
-def test_bench_command_line(answering_model, tmp_path, capsys):
+def test_bench_command_line(answering_model, tmp_path, capsys, tiny_tokenizer):
     from hf_cllm.cli import main
 
     answering_model.save_pretrained(tmp_path / "model")
@@ -287,7 +285,7 @@ def spider_database(db_dir: Path) -> Path:
     return database
 
 
-def test_spider_run_reports_exact_match_and_execution_accuracy(answering_model, tmp_path):
+def test_spider_run_reports_exact_match_and_execution_accuracy(answering_model, tmp_path, tiny_tokenizer):
     """Item 1 matches the gold query up to a value, yet returns other rows; item 2 drops the ORDER BY, yet returns
     the same rows in the same order: exact match 1/2 and execution accuracy 1/2, on different items."""
     data = tmp_path / "spider"
@@ -318,10 +316,9 @@ def test_spider_execution_match(tmp_path):
     assert spider.execute(database, "SELECT count(*) FROM singer") == [(3,)]
 
 
-def test_the_greedy_baseline_stays_greedy_on_a_cllm():
+def test_the_greedy_baseline_stays_greedy_on_a_cllm(tiny_model):
     """A CLLM's generation config carries jacobi_n, so its plain `generate` is Jacobi; the baseline must not be."""
     import torch
-    from tiny import tiny_model
 
     from hf_cllm import enable_jacobi
     from hf_cllm.speed import timed_generate
@@ -367,7 +364,9 @@ def test_built_in_tasks_register_under_their_module_names():
         get_benchmark("nope")
 
 
-def test_a_new_task_is_one_file_that_the_harness_and_the_cli_run(answering_model, tmp_path, monkeypatch, capsys):
+def test_a_new_task_is_one_file_that_the_harness_and_the_cli_run(
+    answering_model, tmp_path, monkeypatch, capsys, tiny_tokenizer
+):
     """One file defines the task; nothing else is edited: `run_benchmark` and `hf-cllm bench` (with the task's own
     option as `--mentions-word`) run it. The model says "3 and 9 make 12.", "It is 7.", "2 and 3 is 5."."""
     from hf_cllm.cli import main

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from hf_cllm import assets
@@ -21,7 +20,7 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if ad
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
+def tiny_folder(tmp_path_factory, tiny_config, tiny_tokenizer):
     """A tiny Llama with a tokenizer and chat template, saved like any local model folder."""
     folder = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
@@ -83,7 +82,7 @@ def test_cuda_on_a_machine_without_it(tiny_folder, monkeypatch, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_chat_without_a_template(tmp_path, capsys):
+def test_chat_without_a_template(tmp_path, capsys, tiny_config, tiny_tokenizer):
     AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     assert main(["generate", "--model", str(tmp_path), "--prompt", "hi", "--chat"]) == 2

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from hf_cllm import collection, hub, trajectories
@@ -30,16 +29,22 @@ N = 4
 
 
 @pytest.fixture(scope="module")
-def teacher():
+def teacher(tiny_config):
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
 
 
-def collect(teacher, output_dir, **kwargs):
-    options = dict(jacobi_n=N, max_new_tokens=18, batch_size=3, shard_size=2, progress=False)
-    return collect_trajectories(
-        teacher, tiny_tokenizer(), kwargs.pop("prompts", PROMPTS), output_dir=output_dir, **{**options, **kwargs}
-    )
+@pytest.fixture(scope="session")
+def collect(tiny_tokenizer):
+    """`collect(teacher, output_dir, **options)`: this file's prompts and small settings, any overridden."""
+
+    def collect(teacher, output_dir, **kwargs):
+        options = dict(jacobi_n=N, max_new_tokens=18, batch_size=3, shard_size=2, progress=False)
+        return collect_trajectories(
+            teacher, tiny_tokenizer(), kwargs.pop("prompts", PROMPTS), output_dir=output_dir, **{**options, **kwargs}
+        )
+
+    return collect
 
 
 def jacobi_step(model, context, state):
@@ -51,7 +56,7 @@ def jacobi_step(model, context, state):
     return [state[0]] + predicted[1:]
 
 
-def test_rows_are_the_teachers_jacobi_trajectories(teacher, tmp_path):
+def test_rows_are_the_teachers_jacobi_trajectories(teacher, tmp_path, collect):
     rows = collect(teacher, tmp_path, clean=False)
     assert rows["prompt_index"] == list(range(len(PROMPTS)))
     for row in rows:
@@ -72,14 +77,14 @@ def test_rows_are_the_teachers_jacobi_trajectories(teacher, tmp_path):
                 assert jacobi_step(teacher, context, state) == following
 
 
-def test_storage_grows_linearly_with_the_answer(teacher, tmp_path):
+def test_storage_grows_linearly_with_the_answer(teacher, tmp_path, collect):
     for row in collect(teacher, tmp_path, clean=False):
         blocks = -(-len(row["answer_ids"]) // N)
         # At most n states of at most n tokens per block, and no copy of the prompt or earlier blocks in them.
         assert sum(map(len, row["states"])) <= blocks * N * N
 
 
-def test_interrupted_run_resumes_to_exactly_the_uninterrupted_rows(teacher, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_rows(teacher, tmp_path, monkeypatch, collect):
     expected = collect(teacher, tmp_path / "whole").to_dict()
     original_write, calls = collection.ShardWriter.write, []
 
@@ -100,12 +105,12 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_rows(teacher, tmp_
     assert resumed.to_dict() == expected
 
 
-def test_batch_size_does_not_change_the_rows(teacher, tmp_path):
+def test_batch_size_does_not_change_the_rows(teacher, tmp_path, collect):
     one = collect(teacher, tmp_path / "one", batch_size=1).to_dict()
     assert collect(teacher, tmp_path / "five", batch_size=5).to_dict() == one
 
 
-def test_other_settings_are_refused_not_overwritten(teacher, tmp_path):
+def test_other_settings_are_refused_not_overwritten(teacher, tmp_path, collect):
     collect(teacher, tmp_path)
     before = sorted(p.name for p in (tmp_path / "shards").iterdir())
     with pytest.raises(ValueError, match="other settings.*jacobi_n"):
@@ -123,7 +128,7 @@ def wrong_tokens(rows):
     )
 
 
-def test_augmentation_and_state_cap(teacher, tmp_path):
+def test_augmentation_and_state_cap(teacher, tmp_path, collect):
     plain = collect(teacher, tmp_path / "plain", clean=False)
     augmented = collect(teacher, tmp_path / "augmented", clean=False, augment=True)
     capped = collect(teacher, tmp_path / "capped", clean=False, max_states_per_block=2)
@@ -134,7 +139,7 @@ def test_augmentation_and_state_cap(teacher, tmp_path):
         assert 0 in row["state_step"]  # the initial guess is always kept
 
 
-def test_cleaning_drops_repetitive_blocks_and_flags_the_answer(teacher, tmp_path):
+def test_cleaning_drops_repetitive_blocks_and_flags_the_answer(teacher, tmp_path, collect):
     plain = collect(teacher, tmp_path / "plain", clean=False)
     runs = {
         (row["prompt_index"], b): collection.longest_run(row["answer_ids"][b * N : (b + 1) * N])
@@ -162,13 +167,13 @@ def test_cleaning_drops_repetitive_blocks_and_flags_the_answer(teacher, tmp_path
         (["fox"], {"task": "poetry"}, "unknown task"),
     ],
 )
-def test_bad_input_is_refused_before_any_work(teacher, tmp_path, prompts, kwargs, message):
+def test_bad_input_is_refused_before_any_work(teacher, tmp_path, prompts, kwargs, message, collect):
     with pytest.raises(ValueError, match=message):
         collect(teacher, tmp_path, prompts=prompts, **kwargs)
     assert not (tmp_path / "shards").exists()
 
 
-def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path):
+def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path, tiny_tokenizer, collect):
     data = tmp_path / "gsm8k.jsonl"
     data.write_text(
         "\n".join(
@@ -182,7 +187,7 @@ def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path):
     assert rows[2]["labels"] == tokenizer("2 blocks\n#### 2", add_special_tokens=False)["input_ids"]
 
 
-def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path):
+def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path, tiny_tokenizer):
     model_dir = tmp_path / "teacher"
     teacher.save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
@@ -224,13 +229,13 @@ def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path):
     assert one == two and len(one["prompt_index"]) == len(PROMPTS)
 
 
-def test_hub_dataset_offline_is_a_clear_error(teacher, tmp_path):
+def test_hub_dataset_offline_is_a_clear_error(teacher, tmp_path, collect):
     with pytest.raises(ValueError, match="Offline, pass a local .jsonl"):
         collect(teacher, tmp_path, prompts="openai/gsm8k")
     assert not Path(tmp_path / "shards").exists()
 
 
-def test_collect_command_and_push_with_a_mocked_hub(teacher, tmp_path, monkeypatch, capsys):
+def test_collect_command_and_push_with_a_mocked_hub(teacher, tmp_path, monkeypatch, capsys, tiny_tokenizer):
     import huggingface_hub
     from huggingface_hub import HfApi
 
@@ -286,7 +291,7 @@ def test_collect_command_and_push_with_a_mocked_hub(teacher, tmp_path, monkeypat
     assert "jacobi-decoding" in card and "n=4" in card and "| `states` |" in card
 
 
-def test_push_errors(teacher, tmp_path):
+def test_push_errors(teacher, tmp_path, collect):
     with pytest.raises(ValueError, match="no collected trajectories"):
         hub.push_trajectories(tmp_path, "someone/x")
     collect(teacher, tmp_path / "t", prompts=PROMPTS[:2])
@@ -296,7 +301,7 @@ def test_push_errors(teacher, tmp_path):
         hub.push_trajectories(tmp_path / "t", "someone/x")
 
 
-def test_one_schema_for_the_rows_the_docs_and_the_card(teacher, tmp_path):
+def test_one_schema_for_the_rows_the_docs_and_the_card(teacher, tmp_path, collect):
     """The written rows, docs/trajectories.md and the Hub dataset card all come from `trajectories.SCHEMA`."""
     rows = collect(teacher, tmp_path / "t", prompts=PROMPTS[:2])
     assert rows.column_names == list(trajectories.SCHEMA)

@@ -3,14 +3,14 @@
 import pytest
 import torch
 import transformers
-from tiny import random_prompts, tiny_config, tiny_model
+from tiny import random_prompts
 from transformers import AutoModelForCausalLM
 
 from hf_cllm import AutoCLLMForCausalLM, enable_jacobi, jacobi_generate
 
 
 @pytest.fixture
-def model():
+def model(tiny_config):
     torch.manual_seed(0)
     return enable_jacobi(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval()
 
@@ -56,7 +56,7 @@ def test_unsupported_modes_are_refused(model, input_ids, kwargs, message):
         model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n=4, **kwargs)
 
 
-def test_assistant_model_is_refused(model, input_ids):
+def test_assistant_model_is_refused(model, input_ids, tiny_model):
     with pytest.raises(ValueError, match="assistant_model"):
         model.generate(input_ids=input_ids, max_new_tokens=4, jacobi_n=4, assistant_model=tiny_model("llama"))
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import EOS, PAD, random_prompts, tiny_config, tiny_model, tiny_tokenizer
+from tiny import EOS, PAD, random_prompts
 from transformers import (
     AutoModelForCausalLM,
     DynamicCache,
@@ -18,14 +18,20 @@ from hf_cllm.speed import count_forwards
 
 
 @pytest.fixture
-def model():
+def model(fresh_llama):
     """A fresh Jacobi-enabled tiny Llama (fresh, because tests change its class and config)."""
     return fresh_llama()
 
 
-def fresh_llama():
-    torch.manual_seed(0)  # the same weights whatever ran before
-    return enable_jacobi(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval()
+@pytest.fixture(scope="session")
+def fresh_llama(tiny_config):
+    """`fresh_llama()`: a new Jacobi-enabled tiny Llama with fixed weights, for tests that change the model."""
+
+    def fresh_llama():
+        torch.manual_seed(0)  # the same weights whatever ran before
+        return enable_jacobi(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval()
+
+    return fresh_llama
 
 
 def both(model, input_ids, attention_mask=None, jacobi_n=4, jacobi_init="random", **kwargs):
@@ -147,7 +153,7 @@ def test_user_stopping_criteria(model):
             assert torch.equal(got, expected)
 
 
-def test_stop_strings_with_tokenizer():
+def test_stop_strings_with_tokenizer(tiny_tokenizer, fresh_llama):
     tokenizer = tiny_tokenizer()
     model = fresh_llama()
     input_ids, attention_mask = random_prompts(1, [6], seed=16)
@@ -161,7 +167,7 @@ def test_stop_strings_with_tokenizer():
     assert stopped_early  # the stop strings really cut generation short
 
 
-def test_stop_strings_from_the_generation_config():
+def test_stop_strings_from_the_generation_config(tiny_tokenizer, fresh_llama):
     tokenizer = tiny_tokenizer()
     model = fresh_llama()
     input_ids, _ = random_prompts(1, [6], seed=16)
@@ -207,7 +213,7 @@ def test_streamer_with_the_explicit_callable_through_the_mixin(model):
     assert recorder.ended == 1 and len(recorder.values) == 1 + 6  # the prompt, then one push per token
 
 
-def test_text_iterator_streamer_ends():
+def test_text_iterator_streamer_ends(tiny_tokenizer, fresh_llama):
     tokenizer = tiny_tokenizer()
     model = fresh_llama()
     input_ids, _ = random_prompts(1, [6], seed=18)
@@ -308,7 +314,7 @@ def test_initialisations_are_lossless_and_random_is_seeded(model, init):
     assert runs[0].iterations_per_block == runs[1].iterations_per_block
 
 
-def test_custom_generate_callable_on_an_untouched_model():
+def test_custom_generate_callable_on_an_untouched_model(tiny_model):
     model = tiny_model("gpt2")
     input_ids, attention_mask = random_prompts(2, [4, 6], seed=25)
     expected = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=12)
@@ -324,7 +330,7 @@ def test_custom_generate_callable_on_an_untouched_model():
     assert got.num_forward_passes is not None
 
 
-def test_jacobi_n_in_generation_config_survives_save_and_load(tmp_path):
+def test_jacobi_n_in_generation_config_survives_save_and_load(tmp_path, tiny_config):
     model = enable_jacobi(AutoModelForCausalLM.from_config(tiny_config("llama")), jacobi_n=6).eval()
     model.save_pretrained(tmp_path)
     reloaded = AutoCLLMForCausalLM.from_pretrained(tmp_path)

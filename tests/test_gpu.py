@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from tiny import ARCHITECTURES, random_prompts, tiny_model
+from tiny import ARCHITECTURES, random_prompts
 
 from hf_cllm import jacobi_generate
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("jacobi_n", [4, 16, "auto"])
-def test_identical_to_greedy_on_cuda(arch, jacobi_n):
+def test_identical_to_greedy_on_cuda(arch, jacobi_n, tiny_model):
     model = copy.deepcopy(tiny_model(arch)).to("cuda")
     input_ids, attention_mask = random_prompts(3, [5, 11, 2], seed=1)
     inputs = dict(input_ids=input_ids.cuda(), attention_mask=attention_mask.cuda(), max_new_tokens=32, do_sample=False)

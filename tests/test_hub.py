@@ -16,7 +16,6 @@ import huggingface_hub
 import pytest
 import tomllib
 from huggingface_hub import HfApi
-from tiny import tiny_model, tiny_tokenizer
 
 from hf_cllm import enable_jacobi, hub
 from hf_cllm.cli import main
@@ -39,11 +38,17 @@ def test_custom_generate_is_the_package_code(tmp_path):
     assert (folder / "requirements.txt").read_text().split() == [pinned["torch"], pinned["transformers"]]
 
 
-def saved_cllm(folder: Path) -> Path:
-    model = enable_jacobi(copy.deepcopy(tiny_model("llama")), jacobi_n=N)  # a copy: the cached model is shared
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+@pytest.fixture(scope="session")
+def saved_cllm(tiny_model, tiny_tokenizer):
+    """`saved_cllm(folder)`: a tiny CLLM (jacobi_n=N) and its tokenizer saved to `folder`."""
+
+    def saved_cllm(folder: Path) -> Path:
+        model = enable_jacobi(copy.deepcopy(tiny_model("llama")), jacobi_n=N)  # a copy: the cached model is shared
+        model.save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+        return folder
+
+    return saved_cllm
 
 
 def run_without_hf_cllm(code: str) -> dict:
@@ -57,7 +62,7 @@ def run_without_hf_cllm(code: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_a_saved_cllm_jacobi_decodes_with_transformers_alone(tmp_path):
+def test_a_saved_cllm_jacobi_decodes_with_transformers_alone(tmp_path, saved_cllm):
     folder = saved_cllm(tmp_path / "cllm")
     assert sorted(p.name for p in (folder / "custom_generate").iterdir()) == [
         "decoding.py", "generate.py", "requirements.txt", "routing.py", "verify.py", "windows.py",
@@ -85,7 +90,7 @@ def test_a_saved_cllm_jacobi_decodes_with_transformers_alone(tmp_path):
     assert result["sampled"] == [2, 11]  # sampling falls back to standard generation
 
 
-def test_the_decoder_repo_works_on_any_model(tmp_path):
+def test_the_decoder_repo_works_on_any_model(tmp_path, tiny_model):
     decoder = hub.save_decoder(tmp_path / "decoder")
     model_dir = tmp_path / "plain"
     tiny_model("qwen2").save_pretrained(model_dir)
@@ -121,7 +126,7 @@ def fake_hub(monkeypatch):
     return calls
 
 
-def test_push_uploads_weights_config_card_and_custom_generate(tmp_path, fake_hub):
+def test_push_uploads_weights_config_card_and_custom_generate(tmp_path, fake_hub, saved_cllm):
     folder = saved_cllm(tmp_path / "cllm")
     (folder / "checkpoint-10").mkdir()  # training leftovers stay home
     (folder / "checkpoint-10" / "optimizer.pt").write_text("x")
@@ -142,7 +147,7 @@ def test_push_uploads_weights_config_card_and_custom_generate(tmp_path, fake_hub
     assert "2403.00835" in card
 
 
-def test_model_push_to_hub_and_decoder_push(tmp_path, fake_hub):
+def test_model_push_to_hub_and_decoder_push(tmp_path, fake_hub, tiny_model):
     model = enable_jacobi(copy.deepcopy(tiny_model("llama")), jacobi_n=N)
     model.push_to_hub("someone/from-model")
     hub.push_decoder("someone/jacobi-decoding")
@@ -155,7 +160,7 @@ def test_model_push_to_hub_and_decoder_push(tmp_path, fake_hub):
     assert 'custom_generate="someone/jacobi-decoding"' in decoder_upload["files"]["README.md"].decode()
 
 
-def test_bad_pushes_are_refused_before_anything_is_sent(tmp_path, fake_hub, monkeypatch):
+def test_bad_pushes_are_refused_before_anything_is_sent(tmp_path, fake_hub, monkeypatch, saved_cllm):
     folder = saved_cllm(tmp_path / "cllm")
     with pytest.raises(ValueError, match="is not a saved model: it has no config.json"):
         hub.push_model(tmp_path, "someone/x")
@@ -172,7 +177,7 @@ def test_bad_pushes_are_refused_before_anything_is_sent(tmp_path, fake_hub, monk
     assert fake_hub == {"repos": [], "uploads": []}
 
 
-def test_push_command_line(tmp_path, fake_hub, capsys):
+def test_push_command_line(tmp_path, fake_hub, capsys, saved_cllm):
     folder = saved_cllm(tmp_path / "cllm")
     assert main(["push", str(folder), "--repo-id", "someone/cli-cllm"]) == 0
     assert main(["push", "--decoder", "--repo-id", "someone/cli-decoder"]) == 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny import ARCHITECTURES, EOS, random_prompts, tiny_model
+from tiny import ARCHITECTURES, EOS, random_prompts
 
 from hf_cllm import JacobiGenerateOutput, enable_jacobi, jacobi_generate
 
@@ -27,7 +27,7 @@ def eos_from_reference(model, input_ids, attention_mask, position, max_new_token
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("jacobi_n", [1, 3, 16])
-def test_identical_to_greedy_across_architectures(arch, jacobi_n):
+def test_identical_to_greedy_across_architectures(arch, jacobi_n, tiny_model):
     model = tiny_model(arch)
     input_ids, attention_mask = random_prompts(3, [5, 11, 2], seed=1)
     expected = greedy(model, input_ids, attention_mask, max_new_tokens=24)
@@ -36,7 +36,7 @@ def test_identical_to_greedy_across_architectures(arch, jacobi_n):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_identical_with_eos_inside_a_block(arch):
+def test_identical_with_eos_inside_a_block(arch, tiny_model):
     model = tiny_model(arch)
     input_ids, attention_mask = random_prompts(2, [6, 9], seed=2)
     eos = eos_from_reference(model, input_ids, attention_mask, position=5, max_new_tokens=20)
@@ -47,7 +47,7 @@ def test_identical_with_eos_inside_a_block(arch):
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma2", "gemma3"])
-def test_sliding_window_layers_past_the_window(arch):
+def test_sliding_window_layers_past_the_window(arch, tiny_model):
     """Prompt and output far longer than the 8-token window: the cache must roll back across it."""
     model = tiny_model(arch)
     input_ids, attention_mask = random_prompts(2, [20, 13], seed=3)
@@ -66,7 +66,7 @@ def test_sliding_window_layers_past_the_window(arch):
     with_mask=st.booleans(),
     seed=st.integers(0, 1000),
 )
-def test_identical_property(arch, lengths, jacobi_n, max_new_tokens, eos_position, with_mask, seed):
+def test_identical_property(arch, lengths, jacobi_n, max_new_tokens, eos_position, with_mask, seed, tiny_model):
     model = tiny_model(arch)
     input_ids, attention_mask = random_prompts(len(lengths), lengths, seed=seed)
     if not with_mask:  # no mask at all: every row is unpadded
@@ -79,7 +79,7 @@ def test_identical_property(arch, lengths, jacobi_n, max_new_tokens, eos_positio
     assert torch.equal(jacobi(model, input_ids, attention_mask, jacobi_n=jacobi_n, **kwargs), expected)
 
 
-def test_left_padded_row_equals_its_unpadded_run():
+def test_left_padded_row_equals_its_unpadded_run(tiny_model):
     model = tiny_model("llama")
     input_ids, attention_mask = random_prompts(3, [4, 10, 7], seed=4)
     batched = jacobi(model, input_ids, attention_mask, max_new_tokens=15, jacobi_n=5)
@@ -89,7 +89,7 @@ def test_left_padded_row_equals_its_unpadded_run():
         assert torch.equal(batched[row, -15:], single[0, -15:])
 
 
-def test_rows_finish_independently_and_are_padded():
+def test_rows_finish_independently_and_are_padded(tiny_model):
     model = tiny_model("llama")
     input_ids, attention_mask = random_prompts(2, [6, 6], seed=5)
     eos = eos_from_reference(model, input_ids, attention_mask, position=3, max_new_tokens=20)
@@ -105,7 +105,7 @@ def test_rows_finish_independently_and_are_padded():
     assert int(out.num_new_tokens[0]) == first_eos + 1
 
 
-def test_mixin_and_callable_give_the_same_result():
+def test_mixin_and_callable_give_the_same_result(tiny_model):
     model = tiny_model("qwen2")
     input_ids, attention_mask = random_prompts(2, [3, 8], seed=6)
     via_callable = jacobi(model, input_ids, attention_mask, max_new_tokens=12, jacobi_n=4)

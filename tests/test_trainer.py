@@ -12,8 +12,8 @@ import pytest
 import torch
 import transformers
 from datasets import Dataset
-from tiny import ARCHITECTURES, tiny_config
-from toy import SYMBOLS, toy_model, toy_prompts, toy_tokenizer
+from tiny import ARCHITECTURES
+from toy import SYMBOLS
 
 from hf_cllm import AutoCLLMForCausalLM, CLLMConfig, CLLMTrainer, collect_trajectories, load_trajectories
 from hf_cllm.losses import ar_loss, consistency_loss
@@ -61,7 +61,7 @@ def config(tmp_path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def toy_trajectory_dir(tmp_path_factory):
+def toy_trajectory_dir(tmp_path_factory, toy_model, toy_tokenizer, toy_prompts):
     model, tokenizer = toy_model(), toy_tokenizer()
     folder = tmp_path_factory.mktemp("toy") / "trajectories"
     collect_trajectories(
@@ -76,9 +76,15 @@ def toy_trajectories(toy_trajectory_dir):
     return load_trajectories(toy_trajectory_dir)
 
 
-def held_out_prompts(count=16):
-    tokenizer = toy_tokenizer()
-    return [tokenizer(text)["input_ids"] for text in toy_prompts(count, seed=99)]
+@pytest.fixture(scope="session")
+def held_out_prompts(toy_tokenizer, toy_prompts):
+    """`held_out_prompts(count=16)`: token ids of toy prompts no trajectory was collected on."""
+
+    def held_out_prompts(count=16):
+        tokenizer = toy_tokenizer()
+        return [tokenizer(text)["input_ids"] for text in toy_prompts(count, seed=99)]
+
+    return held_out_prompts
 
 
 # --- packing -------------------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def test_pack_row_options():
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_one_packed_forward_equals_separate_forwards(arch, implementation):
+def test_one_packed_forward_equals_separate_forwards(arch, implementation, tiny_config):
     """Every position of the packed batch has the logits of a separate forward over what it may see; sliding-window
     layers included (the rows are longer than the tiny models' window of 8)."""
     cfg = tiny_config(arch)
@@ -157,7 +163,7 @@ def test_one_packed_forward_equals_separate_forwards(arch, implementation):
                 torch.testing.assert_close(logits[row, t], expected, atol=2e-5, rtol=1e-4)
 
 
-def test_flash_attention_is_refused_clearly():
+def test_flash_attention_is_refused_clearly(tiny_config):
     model = transformers.LlamaForCausalLM(tiny_config("llama"))
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
@@ -191,7 +197,7 @@ def reference_losses(model, row, state_index, n, smoothing):
 
 
 @pytest.mark.parametrize("states_per_block", [1, 2])
-def test_one_forward_one_backward_gives_the_reference_gradient(tmp_path, states_per_block):
+def test_one_forward_one_backward_gives_the_reference_gradient(tmp_path, states_per_block, toy_model, toy_tokenizer):
     """The packed single-backward loss has the same value and gradient as AR + consistency from separate forwards,
     with one state per block and with several (block 0 has two states, block 1 one)."""
     model = toy_model()
@@ -234,7 +240,9 @@ def counting_share(model, prompts):
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 
-def test_consistency_training_raises_tpf_and_stays_lossless(toy_trajectories, tmp_path):
+def test_consistency_training_raises_tpf_and_stays_lossless(
+    toy_trajectories, tmp_path, toy_model, toy_tokenizer, toy_prompts, held_out_prompts
+):
     """The toy model accepts ~1 token per forward; after consistency training on its own trajectories it accepts
     clearly more, its Jacobi output still equals its greedy output, and its greedy answers still count on."""
     model, tokenizer = toy_model(), toy_tokenizer()
@@ -269,7 +277,7 @@ def test_consistency_training_raises_tpf_and_stays_lossless(toy_trajectories, tm
 # --- training mechanics --------------------------------------------------------------------------------------------
 
 
-def test_a_step_changes_parameters_and_logs_both_losses(toy_trajectories, tmp_path):
+def test_a_step_changes_parameters_and_logs_both_losses(toy_trajectories, tmp_path, toy_model, toy_tokenizer):
     model = toy_model()
     before = {k: v.clone() for k, v in model.named_parameters()}
     trainer = CLLMTrainer(
@@ -294,17 +302,25 @@ def one_state_per_block(dataset):
     return dataset.map(first)
 
 
-def sgd_update(model, tmp_path, dataset, **overrides):
-    args = config(
-        tmp_path, optim="sgd", learning_rate=0.1, max_grad_norm=0.0, lr_scheduler_type="constant", max_steps=1,
-        weight_decay=0.0, **overrides,
-    )  # fmt: skip
-    before = {k: v.clone() for k, v in model.named_parameters()}
-    CLLMTrainer(model=model, args=args, train_dataset=dataset, processing_class=toy_tokenizer()).train()
-    return {k: (v - before[k]) / -0.1 for k, v in model.named_parameters()}  # the gradient used
+@pytest.fixture(scope="session")
+def sgd_update(toy_tokenizer):
+    """`sgd_update(model, tmp_path, dataset, **overrides)`: the gradient one plain SGD step of CLLMTrainer used."""
+
+    def sgd_update(model, tmp_path, dataset, **overrides):
+        args = config(
+            tmp_path, optim="sgd", learning_rate=0.1, max_grad_norm=0.0, lr_scheduler_type="constant", max_steps=1,
+            weight_decay=0.0, **overrides,
+        )  # fmt: skip
+        before = {k: v.clone() for k, v in model.named_parameters()}
+        CLLMTrainer(model=model, args=args, train_dataset=dataset, processing_class=toy_tokenizer()).train()
+        return {k: (v - before[k]) / -0.1 for k, v in model.named_parameters()}  # the gradient used
+
+    return sgd_update
 
 
-def test_gradient_accumulation_averages_micro_batches(toy_trajectories, tmp_path):
+def test_gradient_accumulation_averages_micro_batches(
+    toy_trajectories, tmp_path, toy_model, toy_tokenizer, sgd_update
+):
     rows = one_state_per_block(toy_trajectories.select(range(2)))
     accumulated = sgd_update(toy_model(), tmp_path, rows, per_device_train_batch_size=1, gradient_accumulation_steps=2)
     model = toy_model().train()
@@ -315,7 +331,7 @@ def test_gradient_accumulation_averages_micro_batches(toy_trajectories, tmp_path
         torch.testing.assert_close(accumulated[name], parameter.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_activation_checkpointing_gives_the_same_gradient(toy_trajectories, tmp_path):
+def test_activation_checkpointing_gives_the_same_gradient(toy_trajectories, tmp_path, toy_model, sgd_update):
     rows = one_state_per_block(toy_trajectories.select(range(4)))
     plain = sgd_update(toy_model(), tmp_path, rows)
     checkpointed = sgd_update(toy_model(), tmp_path, rows, activation_checkpointing=True)
@@ -323,7 +339,7 @@ def test_activation_checkpointing_gives_the_same_gradient(toy_trajectories, tmp_
         torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-5, rtol=1e-4)
 
 
-def test_bf16_mixed_precision_step_runs(toy_trajectories, tmp_path):
+def test_bf16_mixed_precision_step_runs(toy_trajectories, tmp_path, toy_model, toy_tokenizer):
     model = toy_model()
     trainer = CLLMTrainer(
         model=model, args=config(tmp_path, bf16=True, max_steps=1), train_dataset=toy_trajectories,
@@ -334,7 +350,7 @@ def test_bf16_mixed_precision_step_runs(toy_trajectories, tmp_path):
     assert model.dtype == torch.float32  # autocast, weights stay fp32
 
 
-def test_lora_trains_adapters_only(toy_trajectories, tmp_path):
+def test_lora_trains_adapters_only(toy_trajectories, tmp_path, toy_model, toy_tokenizer, held_out_prompts):
     peft = pytest.importorskip("peft")
     model = toy_model()
     base = {k: v.clone() for k, v in model.named_parameters()}
@@ -356,7 +372,9 @@ def test_lora_trains_adapters_only(toy_trajectories, tmp_path):
     assert torch.equal(jacobi.eval().generate(prompt, max_new_tokens=16, do_sample=False, jacobi_n=N), greedy)
 
 
-def test_saved_model_reloads_and_decodes_with_its_jacobi_n(toy_trajectories, tmp_path):
+def test_saved_model_reloads_and_decodes_with_its_jacobi_n(
+    toy_trajectories, tmp_path, toy_model, toy_tokenizer, held_out_prompts
+):
     trainer = CLLMTrainer(
         model=toy_model(), args=config(tmp_path, max_steps=1), train_dataset=toy_trajectories,
         processing_class=toy_tokenizer(),
@@ -385,7 +403,7 @@ class StopAfter(transformers.TrainerCallback):
         control.should_training_stop = state.global_step >= self.step
 
 
-def test_resuming_from_a_checkpoint_continues_where_it_stopped(toy_trajectories, tmp_path):
+def test_resuming_from_a_checkpoint_continues_where_it_stopped(toy_trajectories, tmp_path, toy_model, toy_tokenizer):
     def run(folder, resume=None, callbacks=None):
         args = config(tmp_path, output_dir=str(tmp_path / folder), max_steps=4, save_strategy="steps",
                       save_steps=2, per_device_train_batch_size=4)  # fmt: skip
@@ -418,7 +436,9 @@ def test_resuming_from_a_checkpoint_continues_where_it_stopped(toy_trajectories,
         (lambda ds: ds.map(lambda r: {"degenerate": True}), "every row of train_dataset is flagged degenerate"),
     ],
 )
-def test_bad_trajectories_are_refused_before_training(toy_trajectories, tmp_path, change, message):
+def test_bad_trajectories_are_refused_before_training(
+    toy_trajectories, tmp_path, change, message, toy_model, toy_tokenizer
+):
     with pytest.raises(ValueError, match=message):
         CLLMTrainer(
             model=toy_model(), args=config(tmp_path), train_dataset=change(toy_trajectories),
@@ -426,7 +446,7 @@ def test_bad_trajectories_are_refused_before_training(toy_trajectories, tmp_path
         )  # fmt: skip
 
 
-def test_config_mismatches_are_refused(toy_trajectories, tmp_path):
+def test_config_mismatches_are_refused(toy_trajectories, tmp_path, toy_model, toy_tokenizer):
     with pytest.raises(ValueError, match="collected with jacobi_n=8 but CLLMConfig.jacobi_n=16"):
         CLLMTrainer(model=toy_model(), args=config(tmp_path, jacobi_n=16), train_dataset=toy_trajectories,
                     processing_class=toy_tokenizer())  # fmt: skip
@@ -468,7 +488,7 @@ def test_config_validation_names_the_argument(tmp_path, option, message):
 
 
 @pytest.fixture(scope="module")
-def toy_folders(tmp_path_factory, toy_trajectory_dir):
+def toy_folders(tmp_path_factory, toy_trajectory_dir, toy_model, toy_tokenizer):
     """The toy model and its trajectories on disk, as a user of the command line has them."""
     root = tmp_path_factory.mktemp("toy_folders")
     toy_model().save_pretrained(root / "model")
