@@ -21,8 +21,8 @@ from transformers import AutoTokenizer
 from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
 from hf_cllm.collection import collect_trajectories
-from hf_cllm.prompts import load_prompt_rows, tokenize_prompts
 from hf_cllm.modeling import eos_token_ids
+from hf_cllm.prompts import load_prompt_rows, tokenize_prompts
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ from hf_cllm import AutoCLLMForCausalLM
 from hf_cllm.assets import embedded_model_dir
 from hf_cllm.bench import benchmark_names, get_benchmark
 from hf_cllm.cli.demo import DEMO_QUESTIONS
-from hf_cllm.prompts import tokenize_prompts
 from hf_cllm.modeling import eos_token_ids
+from hf_cllm.prompts import tokenize_prompts
 from hf_cllm.speed import MethodSummary, timed_generate
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from ..decoding import jacobi_generate
+from ..modeling import eos_token_ids
 from ..prompts import tokenize_prompts
 from ..resume import resume_or_refuse
-from ..modeling import eos_token_ids
 from ..speed import MethodSummary, Run, timed_generate
 from .task import get_benchmark
 
