@@ -19,7 +19,15 @@ import torch
 
 from .prompts import load_prompt_rows, tokenize_prompts
 from .resume import resume_or_refuse
-from .trajectories import SETTINGS_FILE, SHARD_DIR, CollectionSettings, features, load_trajectories, mixed_seed
+from .trajectories import (
+    SETTINGS_FILE,
+    SHARD_DIR,
+    CollectionSettings,
+    features,
+    load_trajectories,
+    mixed_seed,
+    read_shard,
+)  # fmt: skip
 
 
 def fingerprint(prompts: list[list[int]]) -> str:
@@ -128,11 +136,9 @@ class ShardWriter:
         self.process_index = process_index
 
     def done_indices(self) -> set[int]:
-        import pyarrow.parquet as pq
-
         done = set()
         for shard in sorted(self.directory.glob("*.parquet")):
-            done.update(pq.read_table(shard, columns=["prompt_index"]).column("prompt_index").to_pylist())
+            done.update(read_shard(shard, columns=["prompt_index"]).column("prompt_index").to_pylist())
         return done
 
     def write(self, rows: list[dict]) -> None:

@@ -17,6 +17,8 @@ and forward it.
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -80,8 +82,10 @@ def resolve_jacobi_n(jacobi_n, generation_config) -> int | str | None:
     return None if jacobi_n is None else validate_jacobi_n(jacobi_n)
 
 
-def _check_options(block_size, jacobi_max_n, jacobi_return_states, jacobi_costs) -> None:
-    """The options that only make sense with fixed blocks or only with `"auto"`."""
+def _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs) -> None:
+    """The Jacobi arguments of `generate`, and those that only make sense with fixed blocks or only with `"auto"`."""
+    if isinstance(jacobi_seed, bool) or not isinstance(jacobi_seed, int):
+        raise ValueError(f"`jacobi_seed` must be an integer, the seed of the random guesses (got {jacobi_seed!r}).")
     if block_size != "auto":
         return
     if isinstance(jacobi_max_n, bool) or not isinstance(jacobi_max_n, int) or jacobi_max_n < 1:
@@ -94,10 +98,26 @@ def _check_options(block_size, jacobi_max_n, jacobi_return_states, jacobi_costs)
             '`jacobi_return_states` records the states of fixed n-token blocks, which `jacobi_n="auto"` does not '
             "have: pass an integer `jacobi_n`, or drop `jacobi_return_states`."
         )
-    if jacobi_costs is not None and len(jacobi_costs) != jacobi_max_n:
+    if jacobi_costs is not None:
+        _check_costs(jacobi_costs, jacobi_max_n)
+
+
+def _check_costs(jacobi_costs, jacobi_max_n: int) -> None:
+    costs = list(jacobi_costs)
+    if len(costs) != jacobi_max_n:
         raise ValueError(
             f"`jacobi_costs` needs one relative cost per window length 1 … `jacobi_max_n` ({jacobi_max_n}), got "
-            f"{len(jacobi_costs)}; or leave it out to measure it."
+            f"{len(costs)}; or leave it out to measure it."
+        )
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0 for c in costs):
+        raise ValueError(
+            f"`jacobi_costs` must be positive finite numbers, the cost of a forward over 1 … {jacobi_max_n} new "
+            f"tokens relative to one (got {costs}); or leave it out to measure it."
+        )
+    if any(later < earlier for earlier, later in zip(costs, costs[1:])):
+        raise ValueError(
+            f"`jacobi_costs` must not decrease: a forward over more tokens costs at least as much as one over fewer "
+            f"(got {costs}); or leave it out to measure it."
         )
 
 
@@ -223,15 +243,16 @@ def jacobi_generate(
     jacobi_return_states: bool = False,
     jacobi_max_n: int = DEFAULT_JACOBI_N,
     jacobi_costs: list[float] | None = None,
+    stop_strings: str | list[str] | None = None,
     **model_kwargs,
 ):
     """Greedy Jacobi decoding, token-identical to `generate(do_sample=False)`.
 
     Use it as `model.generate(**inputs, custom_generate=jacobi_generate, jacobi_n=16)` on any decoder-only model,
     or through [`JacobiGenerationMixin`] / [`enable_jacobi`], which also take care of what `generate` does not hand
-    to a plain callable: the streamer (else pass `custom_generate=functools.partial(jacobi_generate,
-    streamer=streamer)`) and the tokenizer of `stop_strings` (else pass
-    `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, stop_strings)])`).
+    to a plain callable: the tokenizer of `stop_strings` (on a plain model pass
+    `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, stop_strings)])`; `stop_strings` alone is
+    refused with that fix). A `streamer` given to `generate` is picked up either way.
 
     Args:
         jacobi_n (`int` or `"auto"`, *optional*):
@@ -256,15 +277,27 @@ def jacobi_generate(
             (`jacobi_costs[0]` is for one token). Measured on the model once per device, dtype and batch size when
             not given (a few forwards after the first prefill).
     """
+    if stop_strings:
+        raise ValueError(
+            "`stop_strings` need the tokenizer, which `generate` does not hand to a `custom_generate` callable: "
+            "pass `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, stop_strings)])` instead, "
+            "or give the model Jacobi decoding (`hf_cllm.enable_jacobi(model)`) and call "
+            "`model.generate(..., jacobi_n=16, stop_strings=..., tokenizer=tokenizer)`."
+        )
+    if streamer is None:
+        streamer = _streamer_given_to_generate()
     block_size = resolve_jacobi_n(jacobi_n, generation_config) or DEFAULT_JACOBI_N
     auto = block_size == "auto"
-    _check_options(block_size, jacobi_max_n, jacobi_return_states, jacobi_costs)
+    _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs)
     _check_supported(model, generation_config, model_kwargs)
 
     batch_size, device = input_ids.shape[0], input_ids.device
     stopping = Stopping.from_generate(stopping_criteria, generation_config, device)
     rule = GreedyAcceptance(logits_processor)
-    opener = initial_guesses(jacobi_init, jacobi_seed, generation_config._pad_token_tensor, batch_size, device)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    opener = initial_guesses(
+        jacobi_init, jacobi_seed, generation_config._pad_token_tensor, batch_size, device, vocab_size
+    )
     decoded = DecodedSequences(input_ids, generation_config, streamer)
     record_states = jacobi_return_states and generation_config.return_dict_in_generate
     recorder = BlockRecorder(block_size, batch_size, device, record_states)
@@ -322,6 +355,20 @@ def jacobi_generate(
         iterations_per_block=None if auto else recorder.per_row(),
         jacobi_states=recorder.states if record_states else None,
     )
+
+
+def _streamer_given_to_generate():
+    """The `streamer` of the `generate` call that runs us. transformers hands a `custom_generate` callable only the
+    arguments its own decoding methods lack, so `generate(..., streamer=s, custom_generate=jacobi_generate)` pushes
+    the prompt to `s` and then drops it; taking it from the calling frame lets the answer stream too."""
+    frame = sys._getframe(1)
+    for _ in range(6):  # our no_grad wrapper, then transformers' `generate` (itself wrapped)
+        frame = frame.f_back
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "generate" and "generation_mode_kwargs" in frame.f_locals:
+            return frame.f_locals.get("streamer")
+    return None
 
 
 def _next_window(decoded: DecodedSequences, guesses, stopping: Stopping):

@@ -27,6 +27,17 @@ class JacobiGenerationMixin:
     def generate(self, inputs=None, generation_config=None, **kwargs):
         return route_generate(self, super().generate, inputs, generation_config, **kwargs)
 
+    def __reduce_ex__(self, protocol):
+        """Pickle (and `torch.save`) as the base class, re-enabled on load: the class `enable_jacobi` makes shares
+        the base's name, so pickle cannot find it by name."""
+        reduced = super().__reduce_ex__(protocol)
+        base = type(self).__dict__.get("_jacobi_base")  # set only on the classes `enable_jacobi` makes
+        if base is None:
+            return reduced
+        function, arguments, *rest = reduced
+        arguments = tuple(base if argument is type(self) else argument for argument in arguments)
+        return (_rebuild_with_jacobi, (function, arguments), *rest)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
@@ -62,11 +73,19 @@ class JacobiGenerationMixin:
             )
 
 
+def _rebuild_with_jacobi(function, arguments):
+    """Unpickle: build the base-class object as pickle would, then give it Jacobi decoding again."""
+    model = function(*arguments)
+    model.__class__ = _jacobi_class(type(model))
+    return model
+
+
 @functools.cache
 def _jacobi_class(base: type) -> type:
     """`base` with Jacobi `generate`. It keeps the base's name, so `save_pretrained` writes the usual architecture and
     the checkpoint loads anywhere as a plain model."""
-    return type(base.__name__, (JacobiGenerationMixin, base), {"__module__": base.__module__, "__doc__": base.__doc__})
+    namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "_jacobi_base": base}
+    return type(base.__name__, (JacobiGenerationMixin, base), namespace)
 
 
 def enable_jacobi(model, jacobi_n: int | None = None):

@@ -8,8 +8,11 @@ turn is the prompt, a final assistant turn the label.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class PromptFormat:
                 f"the {self.name!r} prompt format needs the column(s) {missing}, and the row has {sorted(row)}; "
                 "rename the columns or choose another --task (generic uses 'prompt')"
             )
+        empty = [column for column in self.columns() if row[column] is None]
+        if empty:
+            raise KeyError(f"column(s) {empty} are null: fill them or remove the row")
         return self.template.format(**row)
 
 
@@ -59,8 +65,37 @@ def get_prompt_format(task: str) -> PromptFormat:
     return PROMPT_FORMATS[task]
 
 
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a .jsonl / .jsonl.gz / .json(.gz) file (a list, or an object with a "data" list); a line that is not
+    a JSON object is named with its line number."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
+            rows = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+        else:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+            data = data if isinstance(data, list) else data.get("data", []) if isinstance(data, dict) else data
+            if not isinstance(data, list):
+                raise ValueError(f"{path}: expected a list of rows (or an object with a 'data' list)")
+            return data
+    parsed = []
+    for number, line in rows:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object (one row), got {type(row).__name__}")
+        parsed.append(row)
+    return parsed
+
+
 def load_prompt_rows(source, split: str = "train", limit: int | None = None):
-    """A `datasets.Dataset`, a local .jsonl/.json/.parquet file, or a Hub dataset id -> a Dataset."""
+    """A `datasets.Dataset`, a list of prompts, a local .jsonl/.json/.parquet file, or a Hub dataset id -> a Dataset
+    with at least one row."""
     import datasets
 
     if isinstance(source, datasets.Dataset):
@@ -69,10 +104,10 @@ def load_prompt_rows(source, split: str = "train", limit: int | None = None):
         rows = datasets.Dataset.from_list([{"prompt": p} if isinstance(p, str) else dict(p) for p in source])
     else:
         path = str(source)
-        if path.endswith((".jsonl", ".json")):
-            rows = datasets.load_dataset("json", data_files=path, split="train")
-        elif path.endswith(".parquet"):
-            rows = datasets.load_dataset("parquet", data_files=path, split="train")
+        if path.endswith((".jsonl", ".json", ".parquet")):
+            if not os.path.isfile(path):
+                raise ValueError(f"dataset {path}: no such file")
+            rows = _load_local_file(path)
         elif os.path.exists(path):
             raise ValueError(f"dataset {path}: use a .jsonl, .json or .parquet file, or a Hub dataset id")
         else:
@@ -83,9 +118,28 @@ def load_prompt_rows(source, split: str = "train", limit: int | None = None):
                     f"dataset {path!r} could not be loaded ({str(error).splitlines()[0]}). Offline, pass a local "
                     ".jsonl/.parquet file instead of a Hub id."
                 ) from None
+    if len(rows) == 0:
+        what = f"dataset {source} holds no prompts" if isinstance(source, (str, os.PathLike)) else "no prompts given"
+        raise ValueError(f"{what}: give at least one")
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     return rows
+
+
+def _load_local_file(path: str):
+    import datasets
+
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        from datasets.table import InMemoryTable
+
+        try:
+            return datasets.Dataset(InMemoryTable(pq.read_table(path)))
+        except Exception as error:  # pyarrow raises several kinds for a damaged file
+            raise ValueError(f"dataset {path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
+    if not read_rows(Path(path)):  # every line parses (else: which one does not), and there is a row
+        return datasets.Dataset.from_list([])
+    return datasets.load_dataset("json", data_files=path, split="train")
 
 
 def tokenize_prompts(rows, tokenizer, task: str, chat: bool, max_context: int | None, max_new_tokens: int):

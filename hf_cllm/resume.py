@@ -15,7 +15,13 @@ def resume_or_refuse(output_dir, settings: dict, filename: str, *, what: str, wr
     output_dir = Path(output_dir)
     path = output_dir / filename
     if path.exists():
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} is damaged ({error.msg}, line {error.lineno}); it records what {output_dir} holds: restore "
+                "it, or use a new output dir"
+            ) from None
         if recorded != settings:
             changed = sorted(k for k in settings if recorded.get(k) != settings[k])
             raise ValueError(

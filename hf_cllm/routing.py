@@ -14,7 +14,7 @@ import functools
 from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList, StopStringCriteria
 
-from .decoding import JACOBI_KWARGS, jacobi_generate, resolve_jacobi_n
+from .decoding import DEFAULT_JACOBI_N, JACOBI_KWARGS, jacobi_generate, resolve_jacobi_n
 
 
 def route_generate(
@@ -28,13 +28,14 @@ def route_generate(
     one passed explicitly is checked and refused with them.
     """
     jacobi_kwargs = {key: kwargs.pop(key) for key in JACOBI_KWARGS if key in kwargs}
-    if kwargs.get("custom_generate") is not None:  # the caller picked the decoding method: pass everything on
+    config = generation_config if generation_config is not None else model.generation_config
+    if kwargs.get("custom_generate") is jacobi_generate:  # Jacobi asked for by name: the same as by `jacobi_n`
+        kwargs.pop("custom_generate")
+        jacobi_n = resolve_jacobi_n(jacobi_n, config) or DEFAULT_JACOBI_N
+    if kwargs.get("custom_generate") is not None:  # the caller picked another decoding method: pass everything on
         if jacobi_n is not None:
             kwargs["jacobi_n"] = jacobi_n
-        if kwargs["custom_generate"] is jacobi_generate and streamer is not None:
-            kwargs["custom_generate"] = functools.partial(jacobi_generate, streamer=streamer)
         return stock_generate(inputs, generation_config, streamer=streamer, **jacobi_kwargs, **kwargs)
-    config = generation_config if generation_config is not None else model.generation_config
     explicit = jacobi_n is not None
     jacobi_n = resolve_jacobi_n(jacobi_n, config)
     if jacobi_n is None or (not explicit and _asks_for_another_mode(config, kwargs)):

@@ -214,15 +214,19 @@ def check_vocabulary(model, tokenizer, datasets) -> None:
             "together (or call model.resize_token_embeddings(len(tokenizer)) first)"
         )
     for dataset in datasets:
-        largest = max(
-            max((max(ids, default=-1) for ids in dataset[column]), default=-1)
-            for column in ("prompt_ids", "answer_ids")
-        )
-        if largest >= size:
-            raise ValueError(
-                f"the trajectories hold token id {largest} but the model's vocabulary has {size} entries: they were "
-                "collected with another tokenizer/model"
-            )
+        for column in ("prompt_ids", "answer_ids", "states", "labels"):
+            if column not in dataset.column_names:
+                continue
+            rows = [ids for ids in dataset[column] if ids]
+            if column == "states":  # a list of states per row
+                rows = [state for states in rows for state in states]
+            ids = [token for row in rows for token in row]
+            if ids and (min(ids) < 0 or max(ids) >= size):
+                bad = min(ids) if min(ids) < 0 else max(ids)
+                raise ValueError(
+                    f"the trajectories' {column} hold token id {bad} but the model's vocabulary has ids 0 to "
+                    f"{size - 1}: they were collected with another tokenizer/model"
+                )
 
 
 def _eval_prompts(eval_dataset, count: int) -> list[list[int]]:

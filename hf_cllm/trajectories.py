@@ -79,7 +79,24 @@ class CollectionSettings:
 
 def read_settings(folder) -> dict:
     """The recorded settings of a collected folder."""
-    return json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    path = Path(folder) / SETTINGS_FILE
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is damaged ({error.msg}, line {error.lineno}); it records how the folder's rows were made: "
+            "restore it, or collect into a new folder"
+        ) from None
+
+
+# The settings travel with a loaded dataset in its `DatasetInfo.description` (kept by filter, select, split, map).
+_SETTINGS_MARKER = "hf_cllm collection settings: "
+
+
+def recorded_settings(dataset) -> dict | None:
+    """The collection settings a dataset was loaded with (`load_trajectories`), or None when they are unknown."""
+    description = getattr(getattr(dataset, "info", None), "description", None) or ""
+    return json.loads(description[len(_SETTINGS_MARKER) :]) if description.startswith(_SETTINGS_MARKER) else None
 
 
 def mixed_seed(*parts) -> int:
@@ -87,18 +104,38 @@ def mixed_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
 
+def read_shard(path: Path, columns: list[str] | None = None):
+    """One parquet file of rows as a pyarrow table; a damaged one is named, with what to do."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as error:  # pyarrow raises several kinds for a damaged file
+        raise ValueError(
+            f"{path} is not a readable parquet file ({str(error).splitlines()[0]}); a collection shard: delete it "
+            "and run the collection again with the same settings, which redoes only its prompts"
+        ) from None
+
+
 def load_trajectories(output_dir):
-    """The collected rows of `output_dir`, sorted by prompt, as a `datasets.Dataset`."""
+    """The collected rows of `output_dir`, sorted by prompt, as a `datasets.Dataset` that carries the folder's
+    collection settings (`recorded_settings`)."""
     import datasets
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from datasets.table import InMemoryTable
 
     shards = sorted((Path(output_dir) / SHARD_DIR).glob("*.parquet"))
     if not shards:
-        return datasets.Dataset.from_list([], features=features())
-    table = pa.concat_tables([pq.read_table(shard) for shard in shards]).sort_by("prompt_index")
-    return datasets.Dataset(InMemoryTable(table))
+        raise ValueError(
+            f"{output_dir} holds no collected trajectories (no {SHARD_DIR}/*.parquet): collect some with "
+            "`hf_cllm.collect_trajectories` / `hf-cllm collect --output-dir` first"
+        )
+    table = pa.concat_tables([read_shard(shard) for shard in shards]).sort_by("prompt_index")
+    if table.num_rows == 0:
+        raise ValueError(f"{output_dir}: its shards hold no rows; collect again into a new folder")
+    settings = read_settings(output_dir) if (Path(output_dir) / SETTINGS_FILE).is_file() else None
+    info = datasets.DatasetInfo(description=_SETTINGS_MARKER + json.dumps(settings)) if settings else None
+    return datasets.Dataset(InMemoryTable(table), info=info)
 
 
 def load_trajectory_source(source: str):
@@ -114,11 +151,39 @@ def load_trajectory_source(source: str):
         kind = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}.get(path.suffix)
         if kind is None:
             raise ValueError(f"{source}: expected a .parquet, .jsonl or .json file")
-        return datasets.load_dataset(kind, data_files=str(path), split="train")
+        if kind == "parquet":
+            from datasets.table import InMemoryTable
+
+            return datasets.Dataset(InMemoryTable(read_shard(path)))
+        try:
+            return datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as error:  # a damaged file: pyarrow and datasets raise several kinds
+            message = str(error.__cause__ or error).splitlines()[0]
+            raise ValueError(f"{source}: not a readable {kind} file of trajectory rows ({message})") from None
     try:
         return datasets.load_dataset(source, split="train")
     except Exception as error:  # offline, unknown repo, ...
         raise ValueError(f"{source}: neither a local folder/file nor a loadable Hub dataset ({error})") from None
+
+
+def collected_block_size(dataset) -> int | None:
+    """The n the rows were collected with: as recorded, else inferred from the rows (a state is n tokens long unless
+    its block is the answer's last), else None when the rows cannot tell (no states, or only short last blocks)."""
+    longest_state, longest_answer = 0, 0
+    for states, answer in zip(dataset["states"], dataset["answer_ids"]):
+        longest_state = max([longest_state, *map(len, states)])
+        longest_answer = max(longest_answer, len(answer))
+    recorded = recorded_settings(dataset)
+    if recorded is not None:
+        if longest_state > recorded["jacobi_n"]:
+            raise ValueError(
+                f"the rows hold states of {longest_state} tokens, longer than the jacobi_n={recorded['jacobi_n']} "
+                f"their {SETTINGS_FILE} records: the rows and the record disagree; collect them again"
+            )
+        return recorded["jacobi_n"]
+    if longest_state == 0 or longest_state == longest_answer:
+        return None  # no states, or every state could be a whole short answer
+    return longest_state
 
 
 def validate_trajectories(dataset, name: str, *, jacobi_n: int, need_labels: bool, skip_degenerate: bool):
@@ -146,13 +211,10 @@ def validate_trajectories(dataset, name: str, *, jacobi_n: int, need_labels: boo
         if len(kept) == 0:
             raise ValueError(f"every row of {name} is flagged degenerate; set skip_degenerate=False to train on them")
         dataset = kept
-    longest_state, longest_answer = 0, 0
-    for states, answer in zip(dataset["states"], dataset["answer_ids"]):
-        longest_state = max([longest_state, *map(len, states)])
-        longest_answer = max(longest_answer, len(answer))
-    if longest_state > jacobi_n or (longest_state < jacobi_n and longest_answer > longest_state):
+    collected_n = collected_block_size(dataset)
+    if collected_n is not None and collected_n != jacobi_n:
         raise ValueError(
-            f"{name} was collected with jacobi_n={longest_state} but CLLMConfig.jacobi_n={jacobi_n}; set jacobi_n to "
+            f"{name} was collected with jacobi_n={collected_n} but CLLMConfig.jacobi_n={jacobi_n}; set jacobi_n to "
             f"the block size the trajectories were collected with ({SETTINGS_FILE} records it)"
         )
     if need_labels and ("labels" not in columns or any(not labels for labels in dataset["labels"])):

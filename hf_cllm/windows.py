@@ -30,13 +30,25 @@ def _row_starts(input_ids, attention_mask):
     return input_ids.shape[1] - attention_mask.sum(-1).long()
 
 
-def initial_guesses(jacobi_init, jacobi_seed: int, pad_token_id, batch_size, device) -> Guesser:
+def initial_guesses(jacobi_init, jacobi_seed: int, pad_token_id, batch_size, device, vocab_size: int) -> Guesser:
     """The `Guesser` that opens a block for `jacobi_init` ("random", "pad", "ngram" or a `GuessFn`)."""
     if jacobi_init == "ngram":
-        fallback = initial_guesses("random", jacobi_seed, pad_token_id, batch_size, device)
+        fallback = initial_guesses("random", jacobi_seed, pad_token_id, batch_size, device, vocab_size)
         return NgramGuesses(batch_size, device, fallback)
     if callable(jacobi_init):
-        return lambda input_ids, attention_mask, k: jacobi_init(input_ids, k).to(device=device, dtype=torch.long)
+
+        def from_callable(input_ids, attention_mask, k):
+            guesses = torch.as_tensor(jacobi_init(input_ids, k)).to(device=device, dtype=torch.long)
+            if guesses.shape != (input_ids.shape[0], k) or ((guesses < 0) | (guesses >= vocab_size)).any():
+                raise ValueError(
+                    f"`jacobi_init` returned guesses of shape {tuple(guesses.shape)} with ids from "
+                    f"{guesses.min().item() if guesses.numel() else None} to "
+                    f"{guesses.max().item() if guesses.numel() else None}: it must return token ids in "
+                    f"[0, {vocab_size}) of shape (batch size, num_guesses) = ({input_ids.shape[0]}, {k})."
+                )
+            return guesses
+
+        return from_callable
     if jacobi_init == "pad":
         if pad_token_id is None:
             raise ValueError(

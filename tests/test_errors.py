@@ -32,6 +32,10 @@ def test_jacobi_n_must_be_a_positive_int(model, input_ids, bad):
         (dict(jacobi_return_states=True, return_dict_in_generate=True), r"jacobi_return_states.*integer `jacobi_n`"),
         (dict(jacobi_max_n=4, jacobi_costs=[1.0, 1.2]), r"`jacobi_costs` needs one relative cost per window length"),
         (dict(jacobi_max_n=0), r"`jacobi_max_n` must be a positive integer.*jacobi_max_n=16"),
+        (dict(jacobi_max_n=3, jacobi_costs=[0.0, 0.0, 0.0]), r"`jacobi_costs` must be positive finite numbers"),
+        (dict(jacobi_max_n=3, jacobi_costs=[1.0, -1.0, 2.0]), r"`jacobi_costs` must be positive finite numbers"),
+        (dict(jacobi_max_n=3, jacobi_costs=[1.0, float("nan"), 2.0]), r"`jacobi_costs` must be positive finite"),
+        (dict(jacobi_max_n=3, jacobi_costs=[1.0, 3.0, 2.0]), r"`jacobi_costs` must not decrease"),
     ],
 )
 def test_bad_auto_settings_are_refused(model, input_ids, kwargs, message):
@@ -48,6 +52,10 @@ def test_bad_auto_settings_are_refused(model, input_ids, kwargs, message):
         (dict(use_cache=False), r"use_cache=False"),
         (dict(return_dict_in_generate=True, output_attentions=True), r"output_attentions"),
         (dict(jacobi_init="zeros"), r"`jacobi_init` must be one of"),
+        (dict(jacobi_seed=None), r"`jacobi_seed` must be an integer.*got None"),
+        (dict(jacobi_seed="x"), r"`jacobi_seed` must be an integer.*got 'x'"),
+        (dict(jacobi_init=lambda ids, k: torch.full((ids.shape[0], k), 10**6)), r"ids from 1000000.*\[0, 320\)"),
+        (dict(jacobi_init=lambda ids, k: torch.zeros(ids.shape[0], k + 1)), r"shape \(1, 4\).*= \(1, 3\)"),
         (dict(guidance_scale=1.5), r"`guidance_scale`"),
     ],
 )
@@ -97,3 +105,10 @@ def test_inputs_embeds_without_input_ids_is_refused(model, input_ids):
     embeds = model.get_input_embeddings()(input_ids)
     with pytest.raises(ValueError, match="needs `input_ids`"):
         model.generate(inputs_embeds=embeds, max_new_tokens=4, jacobi_n=4)
+
+
+def test_stop_strings_through_a_plain_callable_say_how(input_ids, tiny_model, tiny_tokenizer):
+    """`generate` drops the tokenizer before a `custom_generate` callable runs; the error gives both fixes."""
+    with pytest.raises(ValueError, match=r"stopping_criteria=StoppingCriteriaList.*enable_jacobi"):
+        tiny_model("llama").generate(input_ids=input_ids, max_new_tokens=4, custom_generate=jacobi_generate,
+                                     jacobi_n=4, stop_strings=["x"], tokenizer=tiny_tokenizer())  # fmt: skip

@@ -1,5 +1,7 @@
 """What `generate` users rely on works the same with `jacobi_n`: processors, stopping, streaming, scores, the cache."""
 
+import copy
+
 import pytest
 import torch
 from tiny import EOS, PAD, random_prompts
@@ -213,6 +215,28 @@ def test_streamer_with_the_explicit_callable_through_the_mixin(model):
     assert recorder.ended == 1 and len(recorder.values) == 1 + 6  # the prompt, then one push per token
 
 
+def test_streamer_and_stop_strings_with_the_callable_on_a_plain_model(tiny_model, tiny_tokenizer):
+    """transformers hands a `custom_generate` callable neither the streamer nor the tokenizer: the streamer still
+    gets the prompt and every token, as with greedy; `stop_strings` is refused with the fix (test_errors.py)."""
+    plain = tiny_model("gpt2")
+    input_ids, _ = random_prompts(1, [4], seed=17)
+    pushes = []
+    for jacobi in ({}, dict(custom_generate=jacobi_generate, jacobi_n=3)):
+        recorder = Recorder()
+        plain.generate(input_ids=input_ids, max_new_tokens=6, streamer=recorder, **jacobi)
+        assert recorder.ended == 1
+        pushes.append(recorder.values)
+    assert len(pushes[1]) == 1 + 6 and all(torch.equal(a, b) for a, b in zip(*pushes))
+    # through the mixin, `custom_generate=jacobi_generate` takes `stop_strings` with the tokenizer as usual
+    tokenizer = tiny_tokenizer()
+    model = enable_jacobi(copy.deepcopy(plain))
+    stop = tokenizer.decode(model.generate(input_ids=input_ids, max_new_tokens=3, jacobi_n=3)[0, -1:])
+    kwargs = dict(input_ids=input_ids, max_new_tokens=8, stop_strings=[stop], tokenizer=tokenizer)
+    expected = plain.generate(**kwargs, do_sample=False)
+    out = model.generate(**kwargs, custom_generate=jacobi_generate, jacobi_n=3)
+    assert torch.equal(out, expected) and out.shape[1] < input_ids.shape[1] + 8  # it stopped
+
+
 def test_text_iterator_streamer_ends(tiny_tokenizer, fresh_llama):
     tokenizer = tiny_tokenizer()
     model = fresh_llama()
@@ -383,3 +407,19 @@ def test_returned_states_form_block_trajectories(model):
             assert torch.equal(states[-1], out.sequences[:, start : start + states.shape[2]])
             assert (states[:, :, 0] == out.sequences[:, start]).all()
             assert states.shape[2] == 8 or block == len(out.jacobi_states) - 1
+
+
+def test_an_enabled_model_pickles_and_torch_saves(fresh_llama):
+    """`enable_jacobi` makes a class under the base's name; pickling goes through the base and re-enables it."""
+    import io
+    import pickle
+
+    model = fresh_llama()
+    input_ids, _ = random_prompts(1, [5], seed=29)
+    expected = model.generate(input_ids=input_ids, max_new_tokens=8, jacobi_n=4)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for copy_ in (pickle.loads(pickle.dumps(model)), torch.load(buffer, weights_only=False)):
+        assert type(copy_) is type(model)
+        assert torch.equal(copy_.generate(input_ids=input_ids, max_new_tokens=8, jacobi_n=4), expected)

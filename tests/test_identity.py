@@ -1,5 +1,7 @@
 """Jacobi decoding is token-identical to greedy `generate(do_sample=False)`: architectures, batches, padding, EOS."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -123,3 +125,58 @@ def test_mixin_and_callable_give_the_same_result(tiny_model):
         enabled.__class__ = enabled.__class__.__mro__[2]  # the cached tiny model is shared: undo the mixin
     assert torch.equal(via_mixin, via_callable)
     assert isinstance(out, JacobiGenerateOutput)
+
+
+# --- lower precision: divergences only at ties --------------------------------------------------------------------
+
+
+def untied_divergences(model, input_ids, attention_mask, greedy_ids, jacobi_ids):
+    """(rows where Jacobi leaves greedy, those where it does so at a position whose greedy logits for the two tokens
+    differ by more than 2 units in the last place of the dtype at the logits' scale)."""
+    eps = torch.finfo(model.dtype).eps
+    diverging, untied = 0, []
+    for row in range(greedy_ids.shape[0]):
+        differ = (greedy_ids[row] != jacobi_ids[row]).nonzero()
+        if not len(differ):
+            continue
+        diverging += 1
+        position = int(differ[0])
+        prefix = greedy_ids[row : row + 1, :position]
+        mask = torch.cat([attention_mask[row : row + 1], torch.ones(1, position - attention_mask.shape[1])], 1)
+        with torch.no_grad():
+            logits = model(input_ids=prefix, attention_mask=mask.long()).logits[0, -1].float()
+        gap = (logits[greedy_ids[row, position]] - logits[jacobi_ids[row, position]]).abs()
+        ulp = eps * 2 ** torch.floor(torch.log2(logits.abs().max()))
+        if gap > 2 * ulp:
+            untied.append((row, position, float(gap), float(ulp)))
+    return diverging, untied
+
+
+def bf16_outputs(model, jacobi_n):
+    input_ids, attention_mask = random_prompts(16, [3 + (i * 5) % 11 for i in range(16)], seed=5)
+    settings = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=24, do_sample=False)
+    greedy_ids = model.generate(**settings, eos_token_id=None)
+    jacobi_ids = model.generate(**settings, eos_token_id=None, custom_generate=jacobi_generate, jacobi_n=jacobi_n)
+    return input_ids, attention_mask, greedy_ids, jacobi_ids
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_bf16_divergences_from_greedy_start_only_at_ties(arch, tiny_model):
+    model = copy.deepcopy(tiny_model(arch)).to(torch.bfloat16)
+    for jacobi_n in (4, 16):
+        _, untied = untied_divergences(model, *bf16_outputs(model, jacobi_n))
+        assert untied == [], f"{arch}, n={jacobi_n}: (row, position, gap, ulp) {untied}"
+
+
+def test_the_tie_check_catches_a_wrong_acceptance(tiny_model, monkeypatch):
+    """Accepting one guess more than the rule allows is a real bug: the check above must flag it."""
+    from hf_cllm.verify import GreedyAcceptance
+
+    right = GreedyAcceptance.accepted_guesses
+    monkeypatch.setattr(
+        GreedyAcceptance, "accepted_guesses",
+        lambda self, window, prediction: (right(self, window, prediction) + 1).clamp(max=window.shape[1] - 1),
+    )  # fmt: skip
+    model = copy.deepcopy(tiny_model("llama")).to(torch.bfloat16)
+    diverging, untied = untied_divergences(model, *bf16_outputs(model, 4))
+    assert diverging >= 8 and len(untied) >= 8

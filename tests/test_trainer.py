@@ -4,9 +4,11 @@ on a toy language that consistency training raises TPF while Jacobi stays lossle
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -431,8 +433,14 @@ def test_resuming_from_a_checkpoint_continues_where_it_stopped(toy_trajectories,
     [
         (lambda ds: ds.select([]), "is empty"),
         (lambda ds: ds.remove_columns("states"), "columns \\['states'\\] are missing"),
-        (lambda ds: ds.map(lambda r: {"states": [s[:4] for s in r["states"]]}), "collected with jacobi_n=4"),
+        # without the collection's record, n is inferred from the rows
+        (
+            lambda ds: Dataset.from_list(ds.map(lambda r: {"states": [s[:4] for s in r["states"]]}).to_list()),
+            "collected with jacobi_n=4",
+        ),
+        (lambda ds: ds.map(lambda r: {"states": [s + s for s in r["states"]]}), "longer than the jacobi_n=8"),
         (lambda ds: ds.map(lambda r: {"prompt_ids": r["prompt_ids"] + [999]}), "token id 999"),
+        (lambda ds: ds.map(lambda r: {"states": [[999] * len(s) for s in r["states"]]}), "states hold token id 999"),
         (lambda ds: ds.map(lambda r: {"degenerate": True}), "every row of train_dataset is flagged degenerate"),
     ],
 )
@@ -535,6 +543,28 @@ def test_train_command_line_errors(toy_folders, tmp_path, capsys):
     assert "was not written by `hf-cllm collect`" in capsys.readouterr().err
     assert main(["train", *common, "--trajectories", trajectories, "--jacobi_n", "4"]) == 2
     assert "collected with jacobi_n=8 but CLLMConfig.jacobi_n=4" in capsys.readouterr().err
+    # each of these is one line naming the fix, exit 2, before any model is loaded
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "garbage.parquet").write_text("not parquet")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trajectories, damaged)
+    next((damaged / "shards").iterdir()).write_text("garbage")
+    empty = tmp_path / "empty"
+    (empty / "shards").mkdir(parents=True)
+    shutil.copy(Path(trajectories) / "collection.json", empty)
+    data = ["--trajectories", trajectories]
+    cases = {
+        ("--output_dir", str(tmp_path / "a_file" / "out"), *data): "cannot write there (Not a directory)",
+        ("--trajectories", str(tmp_path / "garbage.parquet")): "garbage.parquet is not a readable parquet file",
+        ("--trajectories", str(damaged)): "is not a readable parquet file",
+        ("--trajectories", str(empty)): "holds no collected trajectories",
+        ("--distance", "l2", *data): "distance must be one of 'forward_kl', 'reverse_kl', 'jsd'; got 'l2'",
+        ("--no_such_flag", "3", *data): "not used by the HfArgumentParser: ['--no_such_flag', '3']",
+    }
+    for arguments, message in cases.items():
+        assert main(["train", *common, *arguments]) == 2, arguments
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_two_processes_under_accelerate_train(toy_folders, tmp_path):

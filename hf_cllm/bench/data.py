@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 from pathlib import Path
 
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a .jsonl / .jsonl.gz / .json file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        if path.name.endswith((".jsonl", ".jsonl.gz")):
-            return [json.loads(line) for line in f if line.strip()]
-        data = json.load(f)
-    return data if isinstance(data, list) else data.get("data", [])
+from ..prompts import read_rows
 
 
 def package_file(package: str, relative: str) -> Path | None:

@@ -42,6 +42,11 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
     rows = task.load_rows(data)[:limit]
     if not rows:
         raise ValueError(f"no {benchmark} items to run (data={data!r}, limit={limit})")
+    missing = sorted({column for row in rows for column in task.columns if column not in row})
+    if missing:
+        raise ValueError(
+            f"the {benchmark} data {data or ''} lacks the column(s) {missing}: every item needs {list(task.columns)}"
+        )
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     max_new_tokens = max_new_tokens or task.max_new_tokens
     prompt_rows = [task.prompt_row(row, chat=chat) for row in rows]

