@@ -3,12 +3,14 @@
     python benchmarks/decoding_speed.py                     # embedded SmolLM2-135M-Instruct, demo prompts
     python benchmarks/decoding_speed.py --task gsm8k --num-prompts 10 --ns 4 8 16 32 --auto
     python benchmarks/decoding_speed.py --task humaneval --prompts HumanEval.jsonl.gz --ns 16 --auto
+    python benchmarks/decoding_speed.py --task gsm8k --ns 16 --auto --prompt-lookup 0 --temperature 0.7   # sampling
 
 Per prompt the methods run back to back (AR, HF prompt lookup, Jacobi n=..., Jacobi auto, AR again; the two AR runs
 show the noise), after one excluded warm-up of each. `--task` takes its prompts (in the benchmarks' format) from
 `--prompts` or, without it, from the Hub / the offline packages as `hf-cllm bench` does. Prints a Markdown table:
 tokens/s (median and total), TPF (tokens per forward, forwards counted by a hook), speedup (median per-prompt ratio
-of time per token, AR ÷ method) and how many outputs are identical to AR.
+of time per token, AR ÷ method) and how many outputs are identical to AR. With `--temperature` every method samples
+(Jacobi sampling keeps sampling's distribution), each from the same seed per prompt; outputs then differ by design.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def main(argv=None) -> int:
     parser.add_argument("--inits", nargs="+", default=["random"], help="jacobi_init values to compare")
     parser.add_argument("--auto", action="store_true", help='also run jacobi_n="auto"')
     parser.add_argument("--prompt-lookup", type=int, default=10, help="HF prompt lookup tokens (0: do not run it)")
+    parser.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling, with --temperature")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the figures here")
@@ -87,8 +91,11 @@ def main(argv=None) -> int:
     eos = eos_token_ids(model)
 
     prompts = load_prompts(args.task, args.prompts, args.num_prompts, tokenizer, args.max_new_tokens)
-    common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True)
-    methods = [("AR greedy", {})]
+    sampling = {k: v for k, v in dict(temperature=args.temperature, top_p=args.top_p).items() if v is not None}
+    common = dict(max_new_tokens=args.max_new_tokens, do_sample=bool(sampling), return_dict_in_generate=True)
+    common |= sampling
+    mode = "sampling" if sampling else "greedy"
+    methods = [(f"AR {mode}", {})]
     if args.prompt_lookup:
         methods += [(f"HF prompt lookup ({args.prompt_lookup})", {"prompt_lookup_num_tokens": args.prompt_lookup})]
     methods += [
@@ -96,7 +103,7 @@ def main(argv=None) -> int:
     ]
     if args.auto:
         methods += [("Jacobi auto", {"jacobi_n": "auto"})]
-    methods += [("AR greedy (again)", {})]
+    methods += [(f"AR {mode} (again)", {})]
     summaries = {name: MethodSummary(name) for name, _ in methods}
 
     def encode(ids):
@@ -111,6 +118,7 @@ def main(argv=None) -> int:
         inputs = encode(ids)
         baseline = None
         for name, extra in methods:
+            torch.manual_seed(index)  # sampling: every method from the same seed for this prompt
             run = timed_generate(model, inputs, eos, **common, **extra)
             baseline = baseline or run
             summaries[name].runs.append(run)
@@ -131,6 +139,7 @@ def main(argv=None) -> int:
         "prompt_source": args.task or "builtin GSM8K-style questions",
         "prompt_file": args.prompts,
         "max_new_tokens": args.max_new_tokens,
+        "sampling": sampling or None,
         "command": " ".join(sys.argv),
     }
     print("| method | tokens/s (median) | tokens/s (total) | TPF | speedup vs AR | identical |")
@@ -138,7 +147,8 @@ def main(argv=None) -> int:
     for row in rows:
         print(
             f"| {row['method']} | {row['tokens_per_s_median']:.1f} | {row['tokens_per_s_total']:.1f} | "
-            f"{row['tpf']:.3f} | {row['speedup_median']:.2f}x | {row['identical']}/{row['prompts']} |"
+            f"{row['tpf']:.3f} | {row['speedup_median']:.2f}x | "
+            f"{'—' if sampling else str(row['identical']) + '/' + str(row['prompts'])} |"
         )
     print("\nOne forward over a 150-token cache: " + ", ".join(f"{k} new: {ms:.0f} ms" for k, ms in costs.items()))
     print("\n" + ", ".join(f"{k}: {v}" for k, v in environment.items()))

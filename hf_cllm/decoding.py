@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation import GenerateDecoderOnlyOutput
 
-from .verify import GreedyAcceptance, Prediction, Settled, Stopping, settle
+from .verify import GreedyAcceptance, Prediction, SamplingAcceptance, Settled, Stopping, settle
 from .windows import AutoWindows, FixedBlocks, GuessFn, NgramGuesses, initial_guesses, measure_costs, timer
 
 
@@ -122,15 +122,10 @@ def _check_costs(jacobi_costs, jacobi_max_n: int) -> None:
 
 
 def _check_supported(model, generation_config, model_kwargs) -> None:
-    """Reject what greedy Jacobi decoding cannot do, naming the argument and the fix."""
+    """Reject what Jacobi decoding cannot do, naming the argument and the fix."""
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(
             "`jacobi_n` works with decoder-only models; this model is an encoder-decoder. Drop `jacobi_n`."
-        )
-    if generation_config.do_sample:
-        raise ValueError(
-            "`jacobi_n` decodes greedily and is lossless against `do_sample=False`; sampling is not supported yet. "
-            "Pass `do_sample=False`, or drop `jacobi_n` to sample with standard generation."
         )
     if (generation_config.num_beams or 1) > 1:
         raise ValueError("`jacobi_n` cannot be combined with beam search: pass `num_beams=1` or drop `jacobi_n`.")
@@ -246,7 +241,8 @@ def jacobi_generate(
     stop_strings: str | list[str] | None = None,
     **model_kwargs,
 ):
-    """Greedy Jacobi decoding, token-identical to `generate(do_sample=False)`.
+    """Jacobi decoding: token-identical to `generate(do_sample=False)`, and with `do_sample=True` sampling with exactly
+    the distribution of `generate(do_sample=True)` (speculative sampling of the guesses, `verify.SamplingAcceptance`).
 
     Use it as `model.generate(**inputs, custom_generate=jacobi_generate, jacobi_n=16)` on any decoder-only model,
     or through [`JacobiGenerationMixin`] / [`enable_jacobi`], which also take care of what `generate` does not hand
@@ -293,7 +289,7 @@ def jacobi_generate(
 
     batch_size, device = input_ids.shape[0], input_ids.device
     stopping = Stopping.from_generate(stopping_criteria, generation_config, device)
-    rule = GreedyAcceptance(logits_processor)
+    rule = (SamplingAcceptance if generation_config.do_sample else GreedyAcceptance)(logits_processor)
     vocab_size = model.get_input_embeddings().num_embeddings
     opener = initial_guesses(
         jacobi_init, jacobi_seed, generation_config._pad_token_tensor, batch_size, device, vocab_size

@@ -24,8 +24,8 @@ def route_generate(
     the model's own `generate`; `jacobi_n=None` is stock `generate`.
 
     `jacobi_n` may also come from `model.generation_config.jacobi_n` (a CLLM saved with hf_cllm carries it). A block
-    size that comes from the config gives way to sampling, beam search and assisted decoding when those are asked for;
-    one passed explicitly is checked and refused with them.
+    size that comes from the config gives way to beam search and assisted decoding when those are asked for; one
+    passed explicitly is checked and refused with them. Greedy decoding and sampling both go through Jacobi.
     """
     jacobi_kwargs = {key: kwargs.pop(key) for key in JACOBI_KWARGS if key in kwargs}
     config = generation_config if generation_config is not None else model.generation_config
@@ -86,11 +86,11 @@ def _missing_tokenizer():
 
 
 def _asks_for_another_mode(config: GenerationConfig, kwargs: dict) -> bool:
-    """Whether this call wants sampling, beams or assisted decoding rather than greedy decoding."""
+    """Whether this call wants beams or assisted decoding, which Jacobi decoding cannot do (it samples and decodes
+    greedily)."""
     setting = lambda name: kwargs.get(name, getattr(config, name, None))  # noqa: E731
     return bool(
-        setting("do_sample")
-        or (setting("num_beams") or 1) > 1
+        (setting("num_beams") or 1) > 1
         or setting("prompt_lookup_num_tokens") is not None
         or setting("assistant_early_exit") is not None
         or kwargs.get("assistant_model") is not None

@@ -15,15 +15,17 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 
 
 class Prediction(NamedTuple):
-    """The model's choice at every window position: tokens [B, L], processed scores [B, L, V], raw logits [B, L, V]."""
+    """The choice at every window position: tokens [B, L], processed scores [B, L, V], raw logits [B, L, V], and
+    (sampling) whether each guess was accepted [B, L-1]."""
 
     tokens: torch.LongTensor
     scores: torch.FloatTensor
     logits: torch.FloatTensor
+    accepted: torch.BoolTensor | None = None
 
 
 class GreedyAcceptance:
-    """The acceptance rule of greedy Jacobi decoding, the one place where it would differ from sampling.
+    """The acceptance rule of greedy Jacobi decoding; `SamplingAcceptance` is the other one.
 
     `predict`: the greedy choice at every window position, each position's logits processed with its own prefix (the
     guesses before it). `accepted_guesses`: how many leading guesses the window confirms — guess j+1 was right iff it
@@ -35,18 +37,62 @@ class GreedyAcceptance:
 
     def predict(self, logits, input_ids, window) -> Prediction:
         """logits: [B, L, V] for window [B, L] after input_ids [B, T] (whose last token is the window's first)."""
+        scores, raw = self.processed_scores(logits, input_ids, window)
+        return Prediction(scores.argmax(-1), scores, raw)
+
+    def accepted_guesses(self, window, prediction: Prediction) -> torch.LongTensor:
+        return (window[:, 1:] == prediction.tokens[:, :-1]).long().cumprod(-1).sum(-1)  # [B]
+
+    def processed_scores(self, logits, input_ids, window) -> tuple[torch.FloatTensor, torch.FloatTensor]:
+        """(processed scores, raw float32 logits) [B, L, V], each position processed with its own prefix."""
         raw = logits.to(dtype=torch.float32)
         if len(self.logits_processor) == 0:
-            return Prediction(raw.argmax(-1), raw, raw)
+            return raw, raw
         prefix_len, prefixes = input_ids.shape[1], torch.cat([input_ids, window[:, 1:]], dim=1)
         scores = torch.stack(
             [self.logits_processor(prefixes[:, : prefix_len + i], raw[:, i].clone()) for i in range(raw.shape[1])],
             dim=1,
         )
-        return Prediction(scores.argmax(-1), scores, raw)
+        return scores, raw
+
+
+class SamplingAcceptance(GreedyAcceptance):
+    """The acceptance rule of Jacobi sampling: speculative sampling with the guesses as a point-mass draft, so every
+    committed token has exactly the distribution ordinary sampling (`generate(do_sample=True)`) gives it.
+
+    With p_i the processed and warped distribution at window position i (its logits processed with its own prefix,
+    as `_sample` does), guess x = window[i+1] is accepted with probability p_i(x) (= min(1, p/q) for q = δ_x); at the
+    first rejection the token is drawn from p_i with x removed and renormalised (= norm(max(0, p_i − δ_x)), the
+    residual), and after the last guess a token is drawn from p_i. Draws use torch's global generator
+    (`torch.manual_seed` makes runs repeatable), but not in `_sample`'s order, so the same seed gives other samples
+    than stock sampling, from the same distribution.
+    """
+
+    def predict(self, logits, input_ids, window) -> Prediction:
+        scores, raw = self.processed_scores(logits, input_ids, window)
+        probs = torch.softmax(scores, dim=-1)  # [B, L, V]
+        guesses = window[:, 1:]  # [B, L-1]: the draft for positions 0 … L-2
+        drawn = _draw(torch.cat([self.residual(probs[:, :-1], guesses), probs[:, -1:]], dim=1))  # [B, L]
+        guessed = probs[:, :-1].gather(-1, guesses[..., None])[..., 0]  # p_i(x) [B, L-1]
+        accepted = torch.rand_like(guessed) < guessed  # accept x with probability p_i(x)
+        tokens = torch.cat([torch.where(accepted, guesses, drawn[:, :-1]), drawn[:, -1:]], dim=1)
+        return Prediction(tokens, scores, raw, accepted)
 
     def accepted_guesses(self, window, prediction: Prediction) -> torch.LongTensor:
-        return (window[:, 1:] == prediction.tokens[:, :-1]).long().cumprod(-1).sum(-1)  # [B]
+        return prediction.accepted.long().cumprod(-1).sum(-1)  # [B]
+
+    @staticmethod
+    def residual(probs, guesses):
+        """p with the guessed token removed (`multinomial` renormalises). Where p puts all its mass on the guess it
+        is always accepted, and the residual is never used: keep p there so the draw stays defined."""
+        removed = probs.scatter(-1, guesses[..., None], 0.0)
+        return torch.where(removed.sum(-1, keepdim=True) > 0, removed, probs)
+
+
+def _draw(weights):
+    """One token per position from unnormalised weights [B, L, V] -> [B, L]."""
+    batch, length, vocab = weights.shape
+    return torch.multinomial(weights.reshape(-1, vocab), 1).reshape(batch, length)
 
 
 def _first_true(mask, default):

@@ -179,6 +179,31 @@ def test_humaneval_run_reports_known_pass_at_1(answering_model, tmp_path, tiny_t
     assert [item["correct_ar"] for item in report["per_item"]] == [True, False]
 
 
+def test_sampled_humaneval_run_reports_pass_at_k(answering_model, tmp_path, tiny_tokenizer, capsys):
+    """At a temperature this low the memorising model says its answer every time: pass@1 = pass@3 = 0.5 for both
+    AR and Jacobi sampling; outputs are samples, so "identical" does not apply."""
+    from hf_cllm.cli import main
+
+    data = write_jsonl(tmp_path / "he.jsonl", [row for row, _ in HUMANEVAL_ITEMS])
+    settings = dict(data=str(data), jacobi_n=4, max_new_tokens=16, chat=False, progress=False)
+    report = run_benchmark(answering_model, tiny_tokenizer(), "humaneval", tmp_path / "out", **settings,
+                           sampling={"temperature": 0.05}, num_samples=3)  # fmt: skip
+    assert report["metric"] == "pass@1" and report["quality"] == {"ar": 0.5, "jacobi": 0.5}
+    assert report["quality_details"]["jacobi"]["pass@3"] == 0.5 and report["identical"] is None
+    assert [item["correct_jacobi"] for item in report["per_item"]] == [1.0, 0.0]
+    assert report["speed"]["jacobi"]["new_tokens"] > 3 * 2  # three samples of each item
+    with pytest.raises(ValueError, match="several samples per item need sampling"):
+        run_benchmark(answering_model, tiny_tokenizer(), "humaneval", tmp_path / "x", **settings, num_samples=3)
+    answering_model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    argv = ["bench", "humaneval", "--model", str(tmp_path / "model"), "--data", str(data), "--jacobi-n", "4",
+            "--max-new-tokens", "16", "--no-chat", "--output-dir", str(tmp_path / "cli"),
+            "--num-samples", "2"]  # fmt: skip
+    assert main(argv) == 2 and "need sampling" in capsys.readouterr().err
+    assert main([*argv, "--temperature", "0.05"]) == 0
+    assert "| Jacobi sampling | 0.500 |" in capsys.readouterr().out
+
+
 def test_an_interrupted_run_resumes_without_redoing_items(answering_model, tmp_path, monkeypatch, tiny_tokenizer):
     data = str(gsm8k_data(tmp_path))
     settings = dict(data=data, jacobi_n=4, max_new_tokens=24, chat=False, progress=False)

@@ -186,6 +186,18 @@ def test_generate_streams_then_prints_statistics(tiny_folder, capsys, jacobi_n):
     assert "forward passes" in captured.err and "TPF" in captured.err
 
 
+def test_generate_samples_with_a_seed(tiny_folder, capsys):
+    argv = ["generate", "--model", tiny_folder, "--prompt", "the quick brown fox", "--max-new-tokens", "12",
+            "--jacobi-n", "4", "--temperature", "1.5", "--top-p", "0.95", "--seed"]  # fmt: skip
+    outputs = []
+    for seed in ("1", "1", "2"):
+        assert main([*argv, seed]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] != outputs[2]  # repeatable with a seed, different with another
+    assert main(["generate", "--model", tiny_folder, "--prompt", "x", "--top-p", "0.9"]) == 2
+    assert "give --temperature too" in capsys.readouterr().err
+
+
 def test_console_script_runs(tiny_folder):
     out = subprocess.run(
         [

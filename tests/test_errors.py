@@ -46,7 +46,6 @@ def test_bad_auto_settings_are_refused(model, input_ids, kwargs, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(do_sample=True), r"`do_sample=False`"),
         (dict(num_beams=2), r"`num_beams=1`"),
         (dict(prompt_lookup_num_tokens=3), r"assisted decoding"),
         (dict(use_cache=False), r"use_cache=False"),

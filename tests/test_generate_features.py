@@ -366,9 +366,9 @@ def test_jacobi_n_in_generation_config_survives_save_and_load(tmp_path, tiny_con
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(plain).__name__ == "LlamaForCausalLM" and not hasattr(plain, "_jacobi")
     assert torch.equal(plain.generate(input_ids=input_ids, max_new_tokens=8), out.sequences)
-    # A block size from the config gives way to sampling instead of refusing it.
-    sampled = reloaded.generate(input_ids=input_ids, max_new_tokens=4, do_sample=True)
-    assert sampled.shape == (1, 9)
+    # Sampling with the saved block size is Jacobi sampling too.
+    sampled = reloaded.generate(input_ids=input_ids, max_new_tokens=4, do_sample=True, return_dict_in_generate=True)
+    assert sampled.sequences.shape == (1, 9) and sampled.num_forward_passes is not None
 
 
 def test_generation_config_object_carries_jacobi_n(model):

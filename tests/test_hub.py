@@ -87,7 +87,7 @@ def test_a_saved_cllm_jacobi_decodes_with_transformers_alone(tmp_path, saved_cll
     """)
     assert result["identical"] and len(result["forwards"]) == 2
     assert not result["plain_is_jacobi"]  # without trust_remote_code: the plain model, greedy as usual
-    assert result["sampled"] == [2, 11]  # sampling falls back to standard generation
+    assert result["sampled"] == [2, 11]  # sampling goes through the copied decoder too
 
 
 def test_the_decoder_repo_works_on_any_model(tmp_path, tiny_model):

@@ -20,6 +20,7 @@ from ..modeling import eos_token_ids
 from ..prompts import tokenize_prompts
 from ..resume import resume_or_refuse
 from ..speed import MethodSummary, Run, timed_generate
+from ..trajectories import mixed_seed
 from .task import get_benchmark
 
 
@@ -28,10 +29,13 @@ ITEMS_FILE, SETTINGS_FILE = "items.jsonl", "settings.json"
 
 def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | None = None, jacobi_n: int | str = 16,
                   limit: int | None = None, max_new_tokens: int | None = None, chat: bool | None = None,
-                  progress: bool = True, command: str | None = None, options: dict | None = None) -> dict:  # fmt: skip
+                  progress: bool = True, command: str | None = None, options: dict | None = None,
+                  sampling: dict | None = None, num_samples: int = 1) -> dict:  # fmt: skip
     """Run `benchmark` (a registered `BenchmarkTask`: "gsm8k", "humaneval", "spider", ...) and write
     `output_dir/{items.jsonl, report.json, report.md, report.png}`; returns the report. Rerun with the same arguments
-    to resume. `options`: the task's own options (`BenchmarkTask.options`, e.g. Spider's `db_dir`)."""
+    to resume. `options`: the task's own options (`BenchmarkTask.options`, e.g. Spider's `db_dir`). `sampling`:
+    sampling options of `generate` (e.g. `{"temperature": 0.8, "top_p": 0.95}`); AR and Jacobi then both sample
+    `num_samples` completions per item, each pair from the same seed, and the task scores them together (pass@k)."""
     from tqdm.auto import tqdm
 
     task = get_benchmark(benchmark)
@@ -39,6 +43,11 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
     unknown = sorted(set(options) - set(task.options))
     if unknown:
         raise ValueError(f"{benchmark} has no option {', '.join(unknown)}: its options are {sorted(task.options)}")
+    if num_samples < 1 or (num_samples > 1 and not sampling):
+        raise ValueError(
+            f"num_samples={num_samples}: several samples per item need sampling, e.g. sampling={{'temperature': 0.8}} "
+            "(--temperature 0.8); greedy decoding gives one completion"
+        )
     rows = task.load_rows(data)[:limit]
     if not rows:
         raise ValueError(f"no {benchmark} items to run (data={data!r}, limit={limit})")
@@ -56,10 +65,13 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
     settings = {"benchmark": benchmark, "model": str(getattr(model.config, "_name_or_path", "")), "data": data,
                 "jacobi_n": jacobi_n, "limit": limit, "max_new_tokens": max_new_tokens, "chat": chat,
                 "dtype": str(model.dtype), "device": str(model.device), "options": options}  # fmt: skip
+    if sampling:
+        settings |= {"sampling": sampling, "num_samples": num_samples}
     output_dir = Path(output_dir)
     done = _resume(output_dir, settings)
     eos = eos_token_ids(model)
-    common = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=eos[0] if eos else None)
+    common = dict(max_new_tokens=max_new_tokens, do_sample=bool(sampling), pad_token_id=eos[0] if eos else None)
+    common |= sampling or {}
     methods = {
         "ar": dict(common),
         "jacobi": dict(common, custom_generate=jacobi_generate, jacobi_n=jacobi_n, return_dict_in_generate=True),
@@ -75,12 +87,18 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
             timed_generate(model, inputs_of(prompts[todo[0]]), eos, **{**kwargs, "max_new_tokens": 8})
     with open(output_dir / ITEMS_FILE, "a") as items:
         for index in tqdm(todo, desc=f"{benchmark} (AR + Jacobi)", unit="item", disable=not progress):
-            order = ["ar", "jacobi"] if index % 2 == 0 else ["jacobi", "ar"]
-            runs = {name: timed_generate(model, inputs_of(prompts[index]), eos, **methods[name]) for name in order}
-            record = {"index": index}
-            for name, run in runs.items():
-                record[name] = {"tokens": run.tokens.tolist(), "seconds": run.seconds, "forwards": run.forwards,
-                                "text": tokenizer.decode(run.tokens, skip_special_tokens=True)}  # fmt: skip
+            record = {"index": index, "ar": [], "jacobi": []}
+            for sample in range(num_samples):
+                order = ["ar", "jacobi"] if (index + sample) % 2 == 0 else ["jacobi", "ar"]
+                for name in order:
+                    if sampling:  # the same seed for both methods: a repeatable, resumable run
+                        torch.manual_seed(mixed_seed(index, sample))
+                    run = timed_generate(model, inputs_of(prompts[index]), eos, **methods[name])
+                    record[name].append({"tokens": run.tokens.tolist(), "seconds": run.seconds,
+                                         "forwards": run.forwards,
+                                         "text": tokenizer.decode(run.tokens, skip_special_tokens=True)})  # fmt: skip
+            if not sampling:  # one completion per method, stored as such
+                record = {"index": index, "ar": record["ar"][0], "jacobi": record["jacobi"][0]}
             items.write(json.dumps(record) + "\n")
             items.flush()
     report = build_report(task, rows, output_dir, settings, command, options)
@@ -115,16 +133,20 @@ def _load_items(output_dir: Path) -> list[dict]:
 def build_report(task, rows: list[dict], output_dir: Path, settings: dict, command: str | None, options: dict) -> dict:
     items = _load_items(output_dir)
     scored_rows = [rows[item["index"]] for item in items]
-    quality = {
-        name: task.score([item[name]["text"] for item in items], scored_rows, **options) for name in ("ar", "jacobi")
-    }
+    sampled = bool(settings.get("sampling"))
+    # each item's completions per method: one (greedy) or `num_samples` (sampling)
+    samples = {name: [item[name] if sampled else [item[name]] for item in items] for name in ("ar", "jacobi")}
+    if sampled:
+        quality = {name: task.score_samples([[s["text"] for s in item] for item in samples[name]], scored_rows,
+                                            **options) for name in samples}  # fmt: skip
+    else:
+        quality = {name: task.score([item[0]["text"] for item in samples[name]], scored_rows, **options)
+                   for name in samples}  # fmt: skip
     metric = next(iter(quality["ar"]))  # each task's score() puts its headline figure first
     # The same figures as the decoding benchmark, from the recorded runs (speed.MethodSummary).
     runs = {
-        name: [
-            Run(torch.tensor(item[name]["tokens"]), item[name]["seconds"], item[name]["forwards"]) for item in items
-        ]
-        for name in ("ar", "jacobi")
+        name: [Run(torch.tensor(s["tokens"]), s["seconds"], s["forwards"]) for item in samples[name] for s in item]
+        for name in samples
     }
     figures = {name: MethodSummary(name, runs[name], runs["ar"]).figures() for name in runs}
     speed = {
@@ -132,7 +154,7 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
         | {"new_tokens": sum(len(run.tokens) for run in runs[name])}
         for name in runs
     }
-    identical = figures["jacobi"]["identical"]
+    identical = None if sampled else figures["jacobi"]["identical"]  # samples differ by design
     import accelerate
     import transformers
 
@@ -147,13 +169,14 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
         "speed": speed,
         "speedup_median": figures["jacobi"]["speedup_median"],
         "identical": identical,
-        "identical_rate": identical / len(items),
+        "identical_rate": None if identical is None else identical / len(items),
         "per_item": [
             {
                 "index": item["index"],
-                "correct_ar": bool(quality["ar"]["per_item"][k]),
-                "correct_jacobi": bool(quality["jacobi"]["per_item"][k]),
-                "tpf": len(item["jacobi"]["tokens"]) / max(item["jacobi"]["forwards"], 1),
+                "correct_ar": _correct(quality["ar"]["per_item"][k]),
+                "correct_jacobi": _correct(quality["jacobi"]["per_item"][k]),
+                "tpf": sum(len(s["tokens"]) for s in samples["jacobi"][k])
+                / max(sum(s["forwards"] for s in samples["jacobi"][k]), 1),
             }
             for k, item in enumerate(items)
         ],  # fmt: skip
@@ -173,20 +196,34 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
     }
 
 
+def _correct(value):
+    """A greedy item is right or wrong; a sampled one is right in a share of its samples."""
+    return value if isinstance(value, float) else bool(value)
+
+
 def markdown(report: dict) -> str:
     s, q, env, settings = report["speed"], report["quality"], report["environment"], report["settings"]
-    metric = report["metric"]
-    ar = f"| greedy AR | {q['ar']:.3f} | {s['ar']['tokens_per_s_median']:.1f} | {s['ar']['tpf']:.3f} | 1.00x | — |"
+    metric, sampling = report["metric"], settings.get("sampling")
+    mode, jacobi_label = ("sampling", "Jacobi sampling") if sampling else ("greedy", "Jacobi")
+    identical = "—" if report["identical"] is None else f"{report['identical']}/{report['items']}"
+    ar = f"| {mode} AR | {q['ar']:.3f} | {s['ar']['tokens_per_s_median']:.1f} | {s['ar']['tpf']:.3f} | 1.00x | — |"
     jacobi = (
-        f"| Jacobi | {q['jacobi']:.3f} | {s['jacobi']['tokens_per_s_median']:.1f} | {s['jacobi']['tpf']:.3f} | "
-        f"{report['speedup_median']:.2f}x | {report['identical']}/{report['items']} |"
+        f"| {jacobi_label} | {q['jacobi']:.3f} | {s['jacobi']['tokens_per_s_median']:.1f} | "
+        f"{s['jacobi']['tpf']:.3f} | {report['speedup_median']:.2f}x | {identical} |"
     )
-    return f"""# {report["benchmark"]}: greedy AR vs Jacobi (n={settings["jacobi_n"]})
+    details = ""
+    if sampling:
+        other = {name: {k: v for k, v in report["quality_details"][name].items() if k != metric} for name in q}
+        details = (
+            f"\nSampling {sampling}, {settings['num_samples']} samples per item and method (each AR/Jacobi pair "
+            f"from the same seed); also: AR {other['ar']}, Jacobi {other['jacobi']}.\n"
+        )
+    return f"""# {report["benchmark"]}: {mode} AR vs {jacobi_label} (n={settings["jacobi_n"]})
 
 Model `{settings["model"]}`, {report["items"]} items, at most {settings["max_new_tokens"]} new tokens, chat template:
 {settings["chat"]}; {env["device"]} ({env["gpu"] or env["cpu"]}), {env["dtype"]}, {env["torch_threads"]} threads;
 torch {env["torch"]}, transformers {env["transformers"]}.
-
+{details}
 | method | {metric} | tokens/s (median) | TPF | speedup (median) | identical to AR |
 |---|---|---|---|---|---|
 {ar}

@@ -55,6 +55,16 @@ class BenchmarkTask:
         (one bool per item)."""
         raise NotImplementedError
 
+    def score_samples(self, texts: list[list[str]], rows: list[dict], **options) -> dict:
+        """Scores of several sampled completions per item (`texts[i]`: item i's samples). By default the headline
+        metric averaged over the samples, and per item the share of its samples scored right; tasks with a pass@k
+        metric override it."""
+        count = len(texts[0])
+        scores = [self.score([item[s] for item in texts], rows, **options) for s in range(count)]
+        metric = next(iter(scores[0]))
+        per_item = [sum(bool(score["per_item"][i]) for score in scores) / count for i in range(len(rows))]
+        return {metric: sum(score[metric] for score in scores) / count, "per_item": per_item}
+
 
 def benchmark_names() -> list[str]:
     """Every task: the built-in modules (not imported) and whatever else has registered itself."""

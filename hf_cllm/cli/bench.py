@@ -3,6 +3,7 @@
   hf-cllm bench gsm8k --model M --jacobi-n 16 --limit 50
   hf-cllm bench humaneval --model M --limit 30 --output-dir bench/humaneval
   hf-cllm bench spider --model M --limit 50 [--spider-db-dir spider/database]
+  hf-cllm bench humaneval --model M --limit 20 --temperature 0.8 --num-samples 5     # pass@1 and pass@5, sampled
 
 Writes report.json, report.md and report.png (and items.jsonl, item by item: rerun the same command to resume).
 Data: the Hub by default (openai/gsm8k, openai/openai_humaneval), a local file with --data (Spider: the release
@@ -16,7 +17,15 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CLIError, add_model_arguments, block_size, load_model_and_tokenizer, positive_int
+from .common import (
+    CLIError,
+    add_model_arguments,
+    add_sampling_arguments,
+    block_size,
+    load_model_and_tokenizer,
+    positive_int,
+    sampling_options,
+)
 
 
 HELP = "task quality + AR vs Jacobi speed on GSM8K, HumanEval, Spider or any registered task: JSON, Markdown, plot"
@@ -45,6 +54,8 @@ def parser(benchmark: str | None = None, find_task: bool = False) -> argparse.Ar
     parser.add_argument("--output-dir", default=None, help="default: bench/<benchmark>")
     parser.add_argument("--chat", action="store_true", default=None, help="use the chat template (default: if any)")
     parser.add_argument("--no-chat", dest="chat", action="store_false")
+    sampling = add_sampling_arguments(parser)
+    sampling.add_argument("--num-samples", type=positive_int, default=1, help="samples per item (pass@k)")
     if benchmark in names:
         task = get_benchmark(benchmark)
         group = parser.add_argument_group(f"{benchmark} options")
@@ -72,6 +83,7 @@ def run(args) -> int:
 
     args = parse(args.arguments)
     options = {key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("option:")}
+    sampling = sampling_options(args)
     model, tokenizer = load_model_and_tokenizer(args)
     try:
         report = run_benchmark(
@@ -86,6 +98,8 @@ def run(args) -> int:
             chat=args.chat,
             command="hf-cllm " + " ".join(sys.argv[1:]),
             options=options,
+            sampling=sampling or None,
+            num_samples=args.num_samples,
         )
     except ValueError as error:
         raise CLIError(str(error)) from None

@@ -50,6 +50,24 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser):
+    """--temperature, --top-p, --top-k in a group of their own, returned for more."""
+    group = parser.add_argument_group("sampling (default: greedy; Jacobi sampling keeps sampling's distribution)")
+    group.add_argument("--temperature", type=float, default=None, help="sample at this temperature")
+    group.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature)")
+    group.add_argument("--top-k", type=int, default=None, help="top-k sampling (with --temperature)")
+    return group
+
+
+def sampling_options(args) -> dict:
+    """The `generate` sampling options given on the command line ({} for greedy decoding)."""
+    options = {k: v for k, v in dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k).items()
+               if v is not None}  # fmt: skip
+    if options and args.temperature is None:
+        raise CLIError("--top-p/--top-k sample: give --temperature too (e.g. --temperature 0.8)")
+    return options
+
+
 def resolve_model_path(name: str) -> str:
     """The embedded name -> its converted folder; a local folder -> itself; anything else is a Hub id."""
     if name == EMBEDDED_MODEL_NAME:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import CLIError, add_model_arguments, block_size, encode_prompt, load_model_and_tokenizer, positive_int
+from .common import (
+    CLIError,
+    add_model_arguments,
+    add_sampling_arguments,
+    block_size,
+    encode_prompt,
+    load_model_and_tokenizer,
+    positive_int,
+    sampling_options,
+)
 
 
 HELP = "generate from your own prompt with Jacobi decoding (streamed), then print the statistics"
@@ -20,6 +29,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--jacobi-init", default="random", choices=["random", "pad", "ngram"], help="initial guesses")
     parser.add_argument("--max-new-tokens", type=positive_int, default=256)
+    sampling = add_sampling_arguments(parser)
+    sampling.add_argument("--seed", type=int, default=None, help="seed of the sampling (repeatable output)")
 
 
 def run(args) -> int:
@@ -27,8 +38,13 @@ def run(args) -> int:
 
     if not args.prompt.strip():
         raise CLIError("--prompt is empty; give the text to continue")
+    sampling = sampling_options(args)
     model, tokenizer = load_model_and_tokenizer(args)
     inputs = encode_prompt(tokenizer, args.prompt, args.chat, model.device)
+    if args.seed is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     start = time.perf_counter()
     out = model.generate(
@@ -38,6 +54,8 @@ def run(args) -> int:
         jacobi_init=args.jacobi_init,
         streamer=streamer,
         return_dict_in_generate=True,
+        do_sample=bool(sampling),
+        **sampling,
     )
     seconds = time.perf_counter() - start
     tokens, forwards = int(out.num_new_tokens[0]), int(out.num_forward_passes[0])

@@ -77,10 +77,6 @@ class CodeEval(evaluate.Metric):
         return {**scores, "outcomes": [[vars(x) for x in o] for o in per_problem]}
 
 
-def predictions(texts: list[str], rows: list[dict]) -> list[str]:
-    return [program_from(text, row) for text, row in zip(texts, rows)]
-
-
 class HumanEval(BenchmarkTask):
     """HumanEval: pass@1 of greedy completions, each run against the problem's tests in the sandbox."""
 
@@ -103,9 +99,19 @@ class HumanEval(BenchmarkTask):
         return {"prompt": text}
 
     def score(self, texts: list[str], rows: list[dict]) -> dict:
-        """pass@1 of greedy completions (one per problem: Jacobi decoding is greedy, so pass@k>1 needs sampling)."""
-        candidates = [[program] for program in predictions(texts, rows)]
+        """pass@1 of one completion per problem (greedy decoding)."""
+        result = self.score_samples([[text] for text in texts], rows)
+        return {"pass@1": result["pass@1"], "per_item": [share == 1.0 for share in result["per_item"]],
+                "status": [status[0] for status in result["status"]]}  # fmt: skip
+
+    def score_samples(self, texts: list[list[str]], rows: list[dict]) -> dict:
+        """pass@k (unbiased estimator) of n sampled completions per problem, for k = 1, 5, 10 and n up to n; per
+        problem the share of its completions that pass."""
+        count = len(texts[0])
+        candidates = [[program_from(text, row) for text in item] for item, row in zip(texts, rows)]
         tests = [f"\n{row['test']}\n\ncheck({row['entry_point']})\n" for row in rows]
-        result = CodeEval(keep_in_memory=True).compute(predictions=candidates, references=tests, k=[1])
-        return {"pass@1": result["pass@1"], "per_item": [o[0]["passed"] for o in result["outcomes"]],
-                "status": [o[0]["status"] for o in result["outcomes"]]}  # fmt: skip
+        ks = sorted({1, count} | {k for k in (5, 10) if k <= count})
+        result = CodeEval(keep_in_memory=True).compute(predictions=candidates, references=tests, k=ks)
+        return {**{f"pass@{k}": result[f"pass@{k}"] for k in ks},
+                "per_item": [sum(o["passed"] for o in outcome) / count for outcome in result["outcomes"]],
+                "status": [[o["status"] for o in outcome] for outcome in result["outcomes"]]}  # fmt: skip
