@@ -260,7 +260,8 @@ def jacobi_generate(
             Initial guesses of a block: `"random"` draws tokens from the row's own prompt and output (the paper),
             `"pad"` fills with the pad token, `"ngram"` continues the latest earlier occurrence of the last tokens
             (prompt lookup) or an n-gram seen in earlier iterations, else random; a callable
-            `(input_ids, num_guesses) -> LongTensor` gives them itself. Only speed depends on it, never the output.
+            `(input_ids, num_guesses) -> LongTensor` gives them itself. Only speed depends on it, never the output
+            (with sampling: never its distribution).
             With `"auto"` it is what fills the positions no n-gram covers.
         jacobi_seed (`int`, *optional*, defaults to 0):
             Seed of the `"random"` initialisation.

@@ -61,10 +61,12 @@ or `"auto"`: before each forward, greedy / n-gram check / Jacobi block, whicheve
 | `jacobi_seed` | 0 | seed of the random guesses (results never depend on it, only speed) |
 | `jacobi_return_states` | False | also return every Jacobi state of every block (`jacobi_states`) |
 
-Everything else is `generate`'s: greedy only (`do_sample=False`); batches with left padding, EOS, `max_new_tokens`,
-stopping criteria, `stop_strings` (with `tokenizer=`), logits processors, streamers, scores and the cache work as with
-greedy decoding. With `return_dict_in_generate=True` the output also has, per row, `num_forward_passes`,
-`num_new_tokens`, `tokens_per_forward` (TPF: tokens accepted per forward pass) and `iterations_per_block`."""
+Everything else is `generate`'s: greedy decoding (identical output) and sampling (`do_sample=True`, with temperature,
+top-k/top-p and the other processors: exactly the distribution of ordinary sampling); batches with left padding, EOS,
+`max_new_tokens`, stopping criteria, `stop_strings` (with `tokenizer=`), streamers, scores and the cache work as
+usual. Beam search and assisted decoding fall back to standard generation. With `return_dict_in_generate=True` the
+output also has, per row, `num_forward_passes`, `num_new_tokens`, `tokens_per_forward` (TPF: tokens accepted per
+forward pass) and `iterations_per_block`."""
 
 
 def model_card(jacobi_n: int, *, repo_id: str | None = None, base_model: str | None = None,
@@ -104,8 +106,8 @@ out.tokens_per_forward # tokens accepted per forward pass
 ```
 
 `trust_remote_code=True` runs this repo's `custom_generate/` code (hf_cllm's decoder, plain PyTorch). Without it the
-model loads as the plain architecture and decodes greedily as usual. Sampling (`do_sample=True`) and beam search fall
-back to standard generation.
+model loads as the plain architecture and decodes as usual. Sampling (`do_sample=True`) is Jacobi sampling, with
+exactly ordinary sampling's distribution; beam search falls back to standard generation.
 
 ## Use it with hf_cllm
 

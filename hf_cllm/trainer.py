@@ -75,7 +75,7 @@ class CLLMTrainer(SFTTrainer):
         if data_collator is None:
             data_collator = JacobiCollator(
                 PackingOptions.from_config(args, processing_class),
-                pad_token_id(processing_class),
+                _padding_id(processing_class),
                 seed=args.data_seed if args.data_seed is not None else args.seed,
             )
         super().__init__(
@@ -185,7 +185,7 @@ class CLLMTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
-def pad_token_id(tokenizer) -> int:
+def _padding_id(tokenizer) -> int:
     """Padding of the packed batches: the tokenizer's pad token, else its EOS, else 0 (masked out either way)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return pad if pad is not None else 0

@@ -24,27 +24,17 @@ class Prediction(NamedTuple):
     accepted: torch.BoolTensor | None = None
 
 
-class GreedyAcceptance:
-    """The acceptance rule of greedy Jacobi decoding; `SamplingAcceptance` is the other one.
-
-    `predict`: the greedy choice at every window position, each position's logits processed with its own prefix (the
-    guesses before it). `accepted_guesses`: how many leading guesses the window confirms — guess j+1 was right iff it
-    equals the prediction made at position j; predictions after the first wrong guess came from a wrong prefix.
-    """
+class AcceptanceRule:
+    """What a window's predictions are and how many of its guesses they confirm: `GreedyAcceptance` or
+    `SamplingAcceptance`, the one place where greedy decoding and sampling differ."""
 
     def __init__(self, logits_processor):
         self.logits_processor = logits_processor
 
-    def predict(self, logits, input_ids, window) -> Prediction:
-        """logits: [B, L, V] for window [B, L] after input_ids [B, T] (whose last token is the window's first)."""
-        scores, raw = self.processed_scores(logits, input_ids, window)
-        return Prediction(scores.argmax(-1), scores, raw)
-
-    def accepted_guesses(self, window, prediction: Prediction) -> torch.LongTensor:
-        return (window[:, 1:] == prediction.tokens[:, :-1]).long().cumprod(-1).sum(-1)  # [B]
-
     def processed_scores(self, logits, input_ids, window) -> tuple[torch.FloatTensor, torch.FloatTensor]:
-        """(processed scores, raw float32 logits) [B, L, V], each position processed with its own prefix."""
+        """(processed scores, raw float32 logits) [B, L, V] for window [B, L] after input_ids [B, T] (whose last
+        token is the window's first); each position's logits are processed with its own prefix (the guesses before
+        it), as `generate` would have them."""
         raw = logits.to(dtype=torch.float32)
         if len(self.logits_processor) == 0:
             return raw, raw
@@ -55,8 +45,27 @@ class GreedyAcceptance:
         )
         return scores, raw
 
+    def predict(self, logits, input_ids, window) -> Prediction:
+        raise NotImplementedError
 
-class SamplingAcceptance(GreedyAcceptance):
+    def accepted_guesses(self, window, prediction: Prediction) -> torch.LongTensor:
+        """How many leading guesses of each row the window confirms [B]."""
+        raise NotImplementedError
+
+
+class GreedyAcceptance(AcceptanceRule):
+    """Greedy verification: the prediction at each position is the argmax; guess j+1 was right iff it equals the
+    prediction made at position j, and predictions after the first wrong guess came from a wrong prefix."""
+
+    def predict(self, logits, input_ids, window) -> Prediction:
+        scores, raw = self.processed_scores(logits, input_ids, window)
+        return Prediction(scores.argmax(-1), scores, raw)
+
+    def accepted_guesses(self, window, prediction: Prediction) -> torch.LongTensor:
+        return (window[:, 1:] == prediction.tokens[:, :-1]).long().cumprod(-1).sum(-1)  # [B]
+
+
+class SamplingAcceptance(AcceptanceRule):
     """The acceptance rule of Jacobi sampling: speculative sampling with the guesses as a point-mass draft, so every
     committed token has exactly the distribution ordinary sampling (`generate(do_sample=True)`) gives it.
 
