@@ -11,7 +11,18 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from transformers.generation import logits_process
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+
+# Logits processors whose output at a position depends on that position's logits only, never on the tokens before
+# it (exact classes: a subclass may look at its input): applied to every window position in one call.
+_PREFIX_FREE = {
+    getattr(logits_process, name)
+    for name in ("TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper",
+                 "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper", "TopHLogitsWarper")
+    if hasattr(logits_process, name)
+}  # fmt: skip
 
 
 class Prediction(NamedTuple):
@@ -34,15 +45,22 @@ class AcceptanceRule:
     def processed_scores(self, logits, input_ids, window) -> tuple[torch.FloatTensor, torch.FloatTensor]:
         """(processed scores, raw float32 logits) [B, L, V] for window [B, L] after input_ids [B, T] (whose last
         token is the window's first); each position's logits are processed with its own prefix (the guesses before
-        it), as `generate` would have them."""
+        it), as `generate` would have them. Processors that never look at the prefix (the sampling warpers) run once
+        on the whole window; the others once per position."""
         raw = logits.to(dtype=torch.float32)
         if len(self.logits_processor) == 0:
             return raw, raw
+        batch, length, vocab = raw.shape
         prefix_len, prefixes = input_ids.shape[1], torch.cat([input_ids, window[:, 1:]], dim=1)
-        scores = torch.stack(
-            [self.logits_processor(prefixes[:, : prefix_len + i], raw[:, i].clone()) for i in range(raw.shape[1])],
-            dim=1,
-        )
+        scores = raw.clone()  # processors may work in place; the raw logits are returned too
+        for processor in self.logits_processor:
+            if type(processor) in _PREFIX_FREE:
+                flat = processor(input_ids.repeat_interleave(length, dim=0), scores.reshape(batch * length, vocab))
+                scores = flat.reshape(batch, length, vocab)
+            else:
+                scores = torch.stack(
+                    [processor(prefixes[:, : prefix_len + i], scores[:, i]) for i in range(length)], dim=1
+                )
         return scores, raw
 
     def predict(self, logits, input_ids, window) -> Prediction:

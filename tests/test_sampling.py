@@ -14,7 +14,7 @@ import transformers
 from transformers import GenerationConfig, LogitsProcessorList
 
 from hf_cllm import jacobi_generate
-from hf_cllm.verify import SamplingAcceptance
+from hf_cllm.verify import GreedyAcceptance, SamplingAcceptance
 
 
 VOCAB, PAD, EOS, STEPS, SAMPLES = 8, 0, 1, 3, 20_000
@@ -191,3 +191,28 @@ def test_sampling_keeps_generate_features(peaked_model):
     assert len({tuple(row) for row in first.sequences.tolist()}) > 1  # four samples, not one repeated
     assert len(first.scores) == 6 and first.scores[0].shape == (4, VOCAB)
     assert torch.equal(torch.cat(streamer.values[1:], dim=-1).reshape(6, 4).T, first.sequences[:, 5:])
+
+
+def test_warpers_run_once_per_window_with_the_scores_of_a_per_position_run(monkeypatch):
+    """Processors that look at the prefix (repetition penalty, min length, no-repeat n-gram) run per position; the
+    sampling warpers once for the whole window. The scores equal running the whole list position by position."""
+    from transformers.generation import logits_process as lp
+
+    torch.manual_seed(0)
+    processors = LogitsProcessorList([
+        lp.RepetitionPenaltyLogitsProcessor(1.3), lp.TemperatureLogitsWarper(0.7), lp.TopKLogitsWarper(5),
+        lp.MinLengthLogitsProcessor(12, eos_token_id=EOS, device="cpu"), lp.TopPLogitsWarper(0.9),
+        lp.NoRepeatNGramLogitsProcessor(2),
+    ])  # fmt: skip
+    input_ids, window = torch.randint(0, VOCAB, (3, 9)), torch.randint(0, VOCAB, (3, 5))
+    logits = torch.randn(3, 5, VOCAB)
+    calls = []
+    original = lp.TopPLogitsWarper.__call__
+    monkeypatch.setattr(
+        lp.TopPLogitsWarper, "__call__", lambda self, ids, scores: calls.append(1) or original(self, ids, scores)
+    )
+    scores, raw = GreedyAcceptance(processors).processed_scores(logits, input_ids, window)
+    assert len(calls) == 1 and torch.equal(raw, logits)
+    prefixes = torch.cat([input_ids, window[:, 1:]], dim=1)
+    expected = torch.stack([processors(prefixes[:, : 9 + i], logits[:, i].clone()) for i in range(5)], dim=1)
+    assert torch.equal(scores, expected)
