@@ -203,14 +203,16 @@ def _attention_setup(model):
     return config, getattr(config, "_attn_implementation", None) or "sdpa"
 
 
-def check_packable(model) -> None:
-    """Packed rows need an attention that takes a ready 4-D mask; flash and paged attention do not."""
-    _, implementation = _attention_setup(model)
+def check_packable(model):
+    """Packed rows need an attention that takes a ready 4-D mask; flash and paged attention do not. Returns the
+    model's (text) config and attention implementation."""
+    config, implementation = _attention_setup(model)
     if implementation.startswith("flash") or "paged" in implementation:
         raise ValueError(
             f"attn_implementation={implementation!r} cannot take the custom 4-D attention mask consistency training "
             "packs its sequences with; load the model with attn_implementation='sdpa' (or 'eager')"
         )
+    return config, implementation
 
 
 def model_attention_mask(model, attend: torch.Tensor, position_ids: torch.Tensor):
@@ -219,8 +221,7 @@ def model_attention_mask(model, attend: torch.Tensor, position_ids: torch.Tensor
     Sliding-window layers also need the window, applied on position ids; models with both layer kinds take a dict
     keyed by layer type. Eager attention adds the mask to its scores, so it gets an additive float mask.
     """
-    check_packable(model)
-    config, implementation = _attention_setup(model)
+    config, implementation = check_packable(model)
     window = getattr(config, "sliding_window", None)
     layer_types = set(getattr(config, "layer_types", None) or [])
     masks = {"full_attention": attend}

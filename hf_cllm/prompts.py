@@ -77,7 +77,8 @@ def read_rows(path: Path) -> list[dict]:
                 data = json.load(f)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
-            data = data if isinstance(data, list) else data.get("data", []) if isinstance(data, dict) else data
+            if isinstance(data, dict):
+                data = data.get("data", [])
             if not isinstance(data, list):
                 raise ValueError(f"{path}: expected a list of rows (or an object with a 'data' list)")
             return data

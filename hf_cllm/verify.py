@@ -53,9 +53,11 @@ class AcceptanceRule:
         batch, length, vocab = raw.shape
         prefix_len, prefixes = input_ids.shape[1], torch.cat([input_ids, window[:, 1:]], dim=1)
         scores = raw.clone()  # processors may work in place; the raw logits are returned too
+        window_ids = None  # one prefix row per window position, for the warpers' (unread) input_ids argument
         for processor in self.logits_processor:
             if type(processor) in _PREFIX_FREE:
-                flat = processor(input_ids.repeat_interleave(length, dim=0), scores.reshape(batch * length, vocab))
+                window_ids = input_ids.repeat_interleave(length, dim=0) if window_ids is None else window_ids
+                flat = processor(window_ids, scores.reshape(batch * length, vocab))
                 scores = flat.reshape(batch, length, vocab)
             else:
                 scores = torch.stack(
