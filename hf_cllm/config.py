@@ -8,6 +8,7 @@ from typing import Any
 from trl import SFTConfig
 
 from .losses import DISTANCES
+from .packing import NOISE_SCHEDULES, RECIPES
 
 
 CONSISTENCY_LOSSES = ("global", "local")
@@ -24,6 +25,23 @@ class CLLMConfig(SFTConfig):
     for the rest. Defaults follow the paper (and its reference implementation where the paper is silent).
 
     Parameters:
+        > Parameters that choose the recipe
+
+        recipe (`str`, *optional*, defaults to `"cllm"`):
+            `"cllm"`: the CLLM paper's consistency distillation — random intermediate states of every block, each
+            seeing the clean (converged) blocks before it. `"jacobi_forcing"`: its successor's recipe (Jacobi
+            Forcing) — every block of an answer as a (noisy state, fixed point) pair in one sequence, the state
+            picked by a noise schedule, each noisy block seeing the earlier *noisy* blocks (the noisy-context mask,
+            what decoding several blocks at once sees), the consistency loss normalised per pair, and AR on the
+            prompt and clean blocks without label smoothing.
+        noise_schedule (`str`, *optional*, defaults to `"progressive"`):
+            `jacobi_forcing` only: which recorded state each block gets. `"progressive"`: block j the state whose
+            noise (share of the block still wrong) is nearest level `j % noise_levels` of `linspace(0, 1,
+            noise_levels)`, so noise rises along the answer (the best in the authors' ablation); `"random"`: a random
+            level per block.
+        noise_levels (`int`, *optional*):
+            `jacobi_forcing` only: number of target noise levels (the schedule's window); defaults to `jacobi_n`.
+
         > Parameters that control Jacobi decoding
 
         jacobi_n (`int`, *optional*, defaults to `16`):
@@ -62,11 +80,12 @@ class CLLMConfig(SFTConfig):
             `"teacher"`: the teacher's greedy answer recorded with the trajectories (the paper's default);
             `"labels"`: the dataset's gold answer (the `labels` column), which the CLLM authors recommend against
             collapse on GSM8K.
-        ar_label_smoothing (`float`, *optional*, defaults to `0.1`):
-            Label smoothing of the AR loss (the reference implementation's value).
-        ar_on_prompt (`bool`, *optional*, defaults to `False`):
-            Also apply the AR loss to the prompt tokens. The paper's loss covers the answer only; the reference code
-            happens to include the prompt.
+        ar_label_smoothing (`float`, *optional*):
+            Label smoothing of the AR loss; defaults to 0.1 with `cllm` (the reference implementation's value) and 0
+            with `jacobi_forcing` (its reference's).
+        ar_on_prompt (`bool`, *optional*):
+            Also apply the AR loss to the prompt tokens; defaults to False with `cllm` (the paper's loss covers the
+            answer only; its reference code happens to include the prompt) and True with `jacobi_forcing`.
         skip_degenerate (`bool`, *optional*, defaults to `True`):
             Leave out rows whose teacher answer is flagged `degenerate` (a long run of one repeated token), so the AR
             loss does not teach the repetition behind the collapse the CLLM authors describe.
@@ -80,6 +99,17 @@ class CLLMConfig(SFTConfig):
             New tokens per prompt in that measurement.
     """
 
+    recipe: str = field(
+        default="cllm",
+        metadata={"help": "Training recipe: 'cllm' (the CLLM paper's) or 'jacobi_forcing' (its successor's)."},
+    )
+    noise_schedule: str = field(
+        default="progressive",
+        metadata={"help": "jacobi_forcing: which state each block gets, 'progressive' or 'random'."},
+    )
+    noise_levels: int | None = field(
+        default=None, metadata={"help": "jacobi_forcing: number of target noise levels (default: jacobi_n)."}
+    )
     jacobi_n: int = field(default=16, metadata={"help": "Block size n of the trajectories and of Jacobi decoding."})
     consistency_loss: str = field(
         default="global",
@@ -105,8 +135,13 @@ class CLLMConfig(SFTConfig):
         default="teacher",
         metadata={"help": "AR loss target: 'teacher' (the recorded greedy answer) or 'labels' (the gold answer)."},
     )
-    ar_label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the AR loss."})
-    ar_on_prompt: bool = field(default=False, metadata={"help": "Apply the AR loss to the prompt tokens too."})
+    ar_label_smoothing: float | None = field(
+        default=None, metadata={"help": "Label smoothing of the AR loss (default: 0.1 cllm, 0 jacobi_forcing)."}
+    )
+    ar_on_prompt: bool | None = field(
+        default=None,
+        metadata={"help": "Apply the AR loss to the prompt tokens too (default: False cllm, True jacobi_forcing)."},
+    )
     skip_degenerate: bool = field(
         default=True, metadata={"help": "Leave out rows whose teacher answer is flagged degenerate."}
     )
@@ -149,12 +184,30 @@ class CLLMConfig(SFTConfig):
         if not isinstance(self.jacobi_n, int) or self.jacobi_n < 2:
             raise ValueError(f"jacobi_n must be an integer >= 2 (tokens per Jacobi block), got {self.jacobi_n!r}")
         for name, value, allowed in (
+            ("recipe", self.recipe, RECIPES),
+            ("noise_schedule", self.noise_schedule, NOISE_SCHEDULES),
             ("consistency_loss", self.consistency_loss, CONSISTENCY_LOSSES),
             ("distance", self.distance, DISTANCES),
             ("ar_target", self.ar_target, AR_TARGETS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        forcing = self.recipe == "jacobi_forcing"
+        if self.ar_label_smoothing is None:
+            self.ar_label_smoothing = 0.0 if forcing else 0.1
+        if self.ar_on_prompt is None:
+            self.ar_on_prompt = forcing
+        if self.noise_levels is not None and (not isinstance(self.noise_levels, int) or self.noise_levels < 2):
+            raise ValueError(f"noise_levels must be an integer >= 2 (or unset: jacobi_n), got {self.noise_levels!r}")
+        if forcing and self.consistency_loss != "global":
+            raise ValueError(
+                "recipe='jacobi_forcing' pulls each noisy block towards its fixed point: use consistency_loss='global'"
+            )
+        if forcing and self.states_per_block != 1:
+            raise ValueError(
+                "states_per_block is the cllm recipe's; recipe='jacobi_forcing' packs one state per block, picked by "
+                "noise_schedule: leave states_per_block at 1"
+            )
         if not isinstance(self.states_per_block, int) or self.states_per_block < 1:
             raise ValueError(f"states_per_block must be an integer >= 1, got {self.states_per_block!r}")
         if not 0 < self.jsd_beta < 1:

@@ -7,7 +7,8 @@
   noisy block. The paper uses forward KL (soft cross-entropy, same gradient); reverse KL and JSD are alternatives.
 
 Both average over the positions that count (`mask`), normalised by `num_items_in_batch` when the trainer passes it
-(gradient accumulation over batches of different sizes).
+(gradient accumulation over batches of different sizes). Jacobi Forcing normalises its consistency term per pair
+instead: each (noisy block, clean block) pair's mean over its counted positions, summed, divided by the pairs.
 """
 
 from __future__ import annotations
@@ -36,9 +37,18 @@ def ar_loss(logits, labels, label_smoothing: float = 0.0, num_items_in_batch=Non
 
 
 def consistency_loss(
-    student_logits, teacher_logits, mask, distance: str = "forward_kl", beta: float = 0.5, num_items_in_batch=None
+    student_logits,
+    teacher_logits,
+    mask,
+    distance: str = "forward_kl",
+    beta: float = 0.5,
+    num_items_in_batch=None,
+    pairs=None,
+    num_pairs=None,
 ):
-    """Distance between next-token distributions, averaged over the positions where `mask` is true.
+    """Distance between next-token distributions, averaged over the positions where `mask` is true — or, given
+    `pairs` (`(B, T)`, each position's pair numbered across the batch, -1 for padding) and `num_pairs`, averaged per
+    pair and then over the pairs (Jacobi Forcing's normalisation: a long wrong tail does not outweigh other blocks).
 
     student_logits, teacher_logits: `(B, T, V)`; the teacher side is detached here (stop-gradient). mask: `(B, T)`.
     `forward_kl` = KL(teacher || student), the paper's soft cross-entropy up to the teacher's entropy;
@@ -59,6 +69,12 @@ def consistency_loss(
         mixture = torch.logaddexp(teacher + math.log(beta), student + math.log(1 - beta))
         per_position = beta * _kl(teacher, mixture) + (1 - beta) * _kl(student, mixture)
     mask = mask.to(per_position.dtype)
+    if pairs is not None:
+        slots = pairs.flatten() + 1  # padding (-1) goes to slot 0, which its zero mask leaves empty
+        total = per_position.new_zeros(slots.numel() + 1).scatter_add(0, slots, (per_position * mask).flatten())
+        counted = mask.new_zeros(slots.numel() + 1).scatter_add(0, slots, mask.flatten())
+        per_pair = total / counted.clamp(min=1)
+        return per_pair.sum() / torch.as_tensor(num_pairs, device=mask.device).clamp(min=1)
     count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
     return (per_position * mask).sum() / torch.as_tensor(count, device=mask.device).clamp(min=1)
 

@@ -1,8 +1,9 @@
-"""`CLLMTrainer`: consistency distillation (CLLM, arXiv 2403.00835) as a TRL `SFTTrainer`.
+"""`CLLMTrainer`: consistency distillation (CLLM, arXiv 2403.00835, or its successor Jacobi Forcing) as a TRL
+`SFTTrainer`.
 
 Each training row is one prompt's Jacobi trajectory (`collect_trajectories`). The collator packs the prompt, the
-teacher's answer and one intermediate state per block into one sequence (`hf_cllm.packing`), so a single forward
-gives both losses and a single backward trains them:
+teacher's answer and one intermediate state per block into one sequence (`hf_cllm.packing`; the recipe decides
+which states and what they see), so a single forward gives both losses and a single backward trains them:
 
     loss = ar_weight · AR(answer) + consistency_weight · D(model on the fixed point, detached ‖ model on the state)
 """
@@ -110,12 +111,15 @@ class CLLMTrainer(SFTTrainer):
         logits = outputs.logits
         ar = ar_loss(logits, inputs["ar_labels"], label_smoothing=args.ar_label_smoothing)
         rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        per_pair = args.recipe == "jacobi_forcing"
         consistency = consistency_loss(
             logits[rows, inputs["student_positions"]],
             logits[rows, inputs["teacher_positions"]],  # detached inside: the stop-gradient target
             inputs["consistency_mask"],
             distance=args.distance,
             beta=args.jsd_beta,
+            pairs=inputs["consistency_pair"] if per_pair else None,
+            num_pairs=inputs["num_pairs"] if per_pair else None,
         )
         loss = args.ar_weight * ar + args.consistency_weight * consistency
         mode = "train" if model.training else "eval"
@@ -149,10 +153,15 @@ class CLLMTrainer(SFTTrainer):
         args = self.args
         base = getattr(self._cllm_base.config, "_name_or_path", None)
         base = base if base and not os.path.isdir(base) else None
+        recipe = (
+            f"the Jacobi Forcing recipe ({args.noise_schedule} noise schedule, noisy-context mask)"
+            if args.recipe == "jacobi_forcing"
+            else f"the CLLM recipe ({args.consistency_loss} consistency loss)"
+        )
         training = (
             f"Trained with hf_cllm's `CLLMTrainer` (TRL `SFTTrainer`) for {self.state.global_step} steps: "
-            f"{args.consistency_loss} consistency loss ({args.distance}), AR weight {args.ar_weight} on the "
-            f"{args.ar_target} answer, learning rate {args.learning_rate}."
+            f"{recipe}, {args.distance} distance, AR weight {args.ar_weight} on the {args.ar_target} answer, "
+            f"learning rate {args.learning_rate}."
         )
         evaluations = [log for log in self.state.log_history if "eval_tpf" in log]
         figures = None
