@@ -4,6 +4,7 @@
     python benchmarks/decoding_speed.py --task gsm8k --num-prompts 10 --ns 4 8 16 32 --auto
     python benchmarks/decoding_speed.py --task humaneval --prompts HumanEval.jsonl.gz --ns 16 --auto
     python benchmarks/decoding_speed.py --task gsm8k --ns 16 --auto --prompt-lookup 0 --temperature 0.7   # sampling
+    python benchmarks/decoding_speed.py --model runs/gsm8k/jf --task gsm8k --ns 16 --blocks 1 2 --inits random ngram
 
 Per prompt the methods run back to back (AR, HF prompt lookup, Jacobi n=..., Jacobi auto, AR again; the two AR runs
 show the noise), after one excluded warm-up of each. `--task` takes its prompts (in the benchmarks' format) from
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--ns", type=int, nargs="*", default=[4, 8, 16, 32], help="fixed block sizes to run")
     parser.add_argument("--inits", nargs="+", default=["random"], help="jacobi_init values to compare")
+    parser.add_argument(
+        "--blocks", type=int, nargs="+", default=[1], help="jacobi_blocks values to compare (blocks in flight)"
+    )
     parser.add_argument("--auto", action="store_true", help='also run jacobi_n="auto"')
     parser.add_argument("--prompt-lookup", type=int, default=10, help="HF prompt lookup tokens (0: do not run it)")
     parser.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
@@ -99,8 +103,10 @@ def main(argv=None) -> int:
     if args.prompt_lookup:
         methods += [(f"HF prompt lookup ({args.prompt_lookup})", {"prompt_lookup_num_tokens": args.prompt_lookup})]
     methods += [
-        (f"Jacobi n={n} init={init}", {"jacobi_n": n, "jacobi_init": init}) for init in args.inits for n in args.ns
-    ]
+        (f"Jacobi n={n} init={init}" + (f" blocks={k}" if k > 1 else ""),
+         {"jacobi_n": n, "jacobi_init": init, "jacobi_blocks": k})
+        for init in args.inits for n in args.ns for k in args.blocks
+    ]  # fmt: skip
     if args.auto:
         methods += [("Jacobi auto", {"jacobi_n": "auto"})]
     methods += [(f"AR {mode} (again)", {})]

@@ -25,12 +25,23 @@ import torch
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from .verify import GreedyAcceptance, Prediction, SamplingAcceptance, Settled, Stopping, settle
-from .windows import AutoWindows, FixedBlocks, GuessFn, NgramGuesses, initial_guesses, measure_costs, timer
+from .windows import (
+    AutoWindows,
+    FixedBlocks,
+    GuessFn,
+    MultiBlocks,
+    NgramGuesses,
+    initial_guesses,
+    measure_costs,
+    timer,
+)
 
 
 DEFAULT_JACOBI_N = 16
 # `generate` arguments that only apply together with `jacobi_n`
-JACOBI_KWARGS = ("jacobi_init", "jacobi_seed", "jacobi_return_states", "jacobi_max_n", "jacobi_costs")
+JACOBI_KWARGS = (
+    "jacobi_init", "jacobi_seed", "jacobi_return_states", "jacobi_max_n", "jacobi_costs", "jacobi_blocks",
+)  # fmt: skip
 
 
 @dataclass
@@ -48,7 +59,7 @@ class JacobiGenerateOutput(GenerateDecoderOnlyOutput):
         iterations_per_block (`list[list[int]]`):
             For each row, the Jacobi iterations (forward passes) each of its n-token blocks took to reach its fixed
             point; at most n, and 1 when every guess was already right. `None` with `jacobi_n="auto"`, which has
-            no fixed blocks.
+            no fixed blocks, and with `jacobi_blocks > 1`, whose blocks overlap in time.
         jacobi_states (`list[torch.LongTensor]`, *optional*, returned with `jacobi_return_states=True`):
             The Jacobi trajectory: for each block (shared by the batch), a tensor `(num_states, batch_size, n)` of the
             block's state before every iteration, from the initial guess to the fixed point (the last state). A
@@ -82,10 +93,20 @@ def resolve_jacobi_n(jacobi_n, generation_config) -> int | str | None:
     return None if jacobi_n is None else validate_jacobi_n(jacobi_n)
 
 
-def _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs) -> None:
+def _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks) -> None:
     """The Jacobi arguments of `generate`, and those that only make sense with fixed blocks or only with `"auto"`."""
     if isinstance(jacobi_seed, bool) or not isinstance(jacobi_seed, int):
         raise ValueError(f"`jacobi_seed` must be an integer, the seed of the random guesses (got {jacobi_seed!r}).")
+    if isinstance(jacobi_blocks, bool) or not isinstance(jacobi_blocks, int) or jacobi_blocks < 1:
+        raise ValueError(
+            f"`jacobi_blocks` must be a positive integer, the most blocks decoded at once (got {jacobi_blocks!r}). "
+            "Pass e.g. `jacobi_blocks=2`, or leave it at 1 for one block at a time."
+        )
+    if jacobi_blocks > 1 and (block_size == "auto" or jacobi_return_states):
+        raise ValueError(
+            "`jacobi_blocks` keeps several fixed n-token blocks in flight: it needs an integer `jacobi_n` (not "
+            '"auto") and cannot record `jacobi_return_states` (blocks overlap); drop one of them.'
+        )
     if block_size != "auto":
         return
     if isinstance(jacobi_max_n, bool) or not isinstance(jacobi_max_n, int) or jacobi_max_n < 1:
@@ -238,6 +259,7 @@ def jacobi_generate(
     jacobi_return_states: bool = False,
     jacobi_max_n: int = DEFAULT_JACOBI_N,
     jacobi_costs: list[float] | None = None,
+    jacobi_blocks: int = 1,
     stop_strings: str | list[str] | None = None,
     **model_kwargs,
 ):
@@ -273,6 +295,10 @@ def jacobi_generate(
             With `jacobi_n="auto"`: the cost of a forward over 1 … `jacobi_max_n` new tokens relative to one
             (`jacobi_costs[0]` is for one token). Measured on the model once per device, dtype and batch size when
             not given (a few forwards after the first prefill).
+        jacobi_blocks (`int`, *optional*, defaults to 1):
+            With an integer `jacobi_n`: up to this many n-token blocks in flight (Jacobi Forcing's multi-block
+            decoding). The next block joins the window once the first is 85 % accepted and iterates on the
+            unconverged blocks before it; worth it for models trained with `recipe="jacobi_forcing"`.
     """
     if stop_strings:
         raise ValueError(
@@ -285,7 +311,7 @@ def jacobi_generate(
         streamer = _streamer_given_to_generate()
     block_size = resolve_jacobi_n(jacobi_n, generation_config) or DEFAULT_JACOBI_N
     auto = block_size == "auto"
-    _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs)
+    _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks)
     _check_supported(model, generation_config, model_kwargs)
 
     batch_size, device = input_ids.shape[0], input_ids.device
@@ -308,6 +334,8 @@ def jacobi_generate(
             jacobi_costs = _measured_costs(model, outputs, cache, input_ids, model_kwargs, jacobi_max_n)
         ngram = opener if isinstance(opener, NgramGuesses) else NgramGuesses(batch_size, device, opener)
         planner = AutoWindows(jacobi_max_n, [0.0, *map(float, jacobi_costs)], ngram)
+    elif jacobi_blocks > 1:
+        planner = MultiBlocks(block_size, jacobi_blocks, opener)
     else:
         planner = FixedBlocks(block_size, opener)
     window, logits = input_ids[:, -1:], outputs.logits[:, -1:]
@@ -349,7 +377,7 @@ def jacobi_generate(
         num_forward_passes=decoded.num_forward_passes,
         num_new_tokens=decoded.num_new_tokens,
         tokens_per_forward=decoded.num_new_tokens / decoded.num_forward_passes.clamp(min=1),
-        iterations_per_block=None if auto else recorder.per_row(),
+        iterations_per_block=None if auto or jacobi_blocks > 1 else recorder.per_row(),
         jacobi_states=recorder.states if record_states else None,
     )
 

@@ -10,7 +10,8 @@ means) are verbatim copies of hf_cllm's modules, so the repo runs with transform
     model.generate(**inputs, custom_generate=decoder_repo, trust_remote_code=True, jacobi_n=16)   # any model
 
 Extra arguments: `jacobi_n` (block size, or "auto"), `jacobi_init` ("random" | "pad" | "ngram" | callable),
-`jacobi_seed`, `jacobi_return_states`, `jacobi_max_n` and `jacobi_costs` (for "auto"). With
+`jacobi_seed`, `jacobi_return_states`, `jacobi_max_n` and `jacobi_costs` (for "auto"), `jacobi_blocks` (blocks in
+flight at once). With
 `return_dict_in_generate=True` the output also has `num_forward_passes`, `num_new_tokens`, `tokens_per_forward` and
 `iterations_per_block`.
 """

@@ -1,7 +1,8 @@
 """What the next Jacobi window holds: how many guesses, and which.
 
 `FixedBlocks` is the paper's scheme: blocks of n tokens whose window shrinks to the unsettled positions until the
-block reaches its fixed point. `AutoWindows` (`jacobi_n="auto"`) chooses before every window whatever is expected to
+block reaches its fixed point; `MultiBlocks` keeps several such blocks in flight (Jacobi Forcing's decoder).
+`AutoWindows` (`jacobi_n="auto"`) chooses before every window whatever is expected to
 give the most tokens per unit of forward cost, measured on this model and device: one greedy token, a check of an
 n-gram guess, or a Jacobi block. `NgramGuesses` supplies guesses from n-grams (prompt lookup and a lookahead-style
 pool). Like decoding.py this module imports only torch: both are copied into the `custom_generate/` folder.
@@ -168,6 +169,52 @@ class FixedBlocks:
         if self.block_size == 1:
             return input_ids[:, :0]
         return self.open_guesses(input_ids, attention_mask, self.block_size - 1)
+
+
+class MultiBlocks:
+    """Several blocks in flight (Jacobi Forcing's multi-block decoding): once the front block is `open_at` accepted,
+    the window also carries the next block — the window's last prediction, then `block_size - 1` fresh guesses —
+    until `max_blocks` are in flight. A later block iterates while the blocks before it are still unconverged (what
+    noisy-context training prepares a model for), so it starts out closer to its fixed point when it reaches the
+    front. Fresh guesses come from `open_guesses` on the context extended by the window's predictions, so an n-gram
+    opener (`jacobi_init="ngram"`) recycles the n-grams rejected earlier. Acceptance is unchanged: still lossless."""
+
+    def __init__(self, block_size: int, max_blocks: int, open_guesses: Guesser, open_at: float = 0.85):
+        self.block_size, self.max_blocks, self.open_guesses, self.open_at = (
+            block_size,
+            max_blocks,
+            open_guesses,
+            open_at,
+        )
+        self.blocks: list[int] = []  # the block of each guess in the window
+        self.opened: dict[int, int] = {}  # block -> guesses it opened with
+        self.count = 0
+
+    def _open(self, guesses: int) -> list[int]:
+        self.opened[self.count] = guesses
+        self.count += 1
+        return [self.count - 1] * guesses
+
+    def next_guesses(self, input_ids, attention_mask, window, pred, keep: int):
+        if isinstance(self.open_guesses, NgramGuesses):
+            self.open_guesses.observe(window, pred, keep)
+        self.blocks = self.blocks[: window.shape[1] - 1][keep:]  # the unsettled positions (`max_length` may cut)
+        if not self.blocks:  # every block in flight reached its fixed point: open one, as with a single block
+            if self.block_size == 1:
+                return input_ids[:, :0]
+            self.blocks = self._open(self.block_size - 1)
+            return self.open_guesses(input_ids, attention_mask, self.block_size - 1)
+        guesses = pred[:, keep:-1]
+        front = self.blocks[0]
+        accepted = 1 - self.blocks.count(front) / self.opened[front]
+        if len(set(self.blocks)) >= self.max_blocks or accepted < self.open_at:
+            return guesses
+        context = torch.cat([input_ids, pred[:, keep:]], dim=1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(pred[:, keep:].shape)], dim=1)
+        fresh = self.open_guesses(context, attention_mask, self.block_size - 1)
+        self.blocks += self._open(self.block_size)
+        return torch.cat([pred[:, keep:], fresh], dim=1)
 
 
 class AutoWindows:

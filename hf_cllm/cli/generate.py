@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
         "--jacobi-n", type=block_size, default=16, help='block size n (1: plain greedy), or "auto" (adaptive)'
     )
     parser.add_argument("--jacobi-init", default="random", choices=["random", "pad", "ngram"], help="initial guesses")
+    parser.add_argument(
+        "--jacobi-blocks", type=positive_int, default=1, help="blocks in flight at once (with an integer --jacobi-n)"
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, default=256)
     sampling = add_sampling_arguments(parser)
     sampling.add_argument("--seed", type=int, default=None, help="seed of the sampling (repeatable output)")
@@ -52,6 +55,7 @@ def run(args) -> int:
         max_new_tokens=args.max_new_tokens,
         jacobi_n=args.jacobi_n,
         jacobi_init=args.jacobi_init,
+        **({"jacobi_blocks": args.jacobi_blocks} if args.jacobi_blocks > 1 else {}),
         streamer=streamer,
         return_dict_in_generate=True,
         do_sample=bool(sampling),
@@ -59,7 +63,7 @@ def run(args) -> int:
     )
     seconds = time.perf_counter() - start
     tokens, forwards = int(out.num_new_tokens[0]), int(out.num_forward_passes[0])
-    blocks = out.iterations_per_block  # None with --jacobi-n auto
+    blocks = out.iterations_per_block  # None with --jacobi-n auto or --jacobi-blocks > 1
     blocks = f"; iterations per block of {args.jacobi_n}: {blocks[0]}" if blocks else ""
     print(
         f"\n[{tokens} tokens in {forwards} forward passes: TPF {tokens / forwards:.2f}, "
