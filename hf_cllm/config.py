@@ -97,6 +97,9 @@ class CLLMConfig(SFTConfig):
             (tokens per forward pass) and `eval_jacobi_identical` (share identical to greedy). `0` turns it off.
         tpf_eval_max_new_tokens (`int`, *optional*, defaults to `128`):
             New tokens per prompt in that measurement.
+        tpf_eval_blocks (`int`, *optional*, defaults to `1`):
+            `jacobi_blocks` of that measurement: more than 1 measures multi-block decoding, the decoder the
+            `jacobi_forcing` recipe trains for.
     """
 
     recipe: str = field(
@@ -151,6 +154,7 @@ class CLLMConfig(SFTConfig):
     tpf_eval_max_new_tokens: int = field(
         default=128, metadata={"help": "New tokens per prompt when measuring eval_tpf."}
     )
+    tpf_eval_blocks: int = field(default=1, metadata={"help": "jacobi_blocks when measuring eval_tpf."})
 
     # Overridden defaults. The trajectories are already tokenized and packed by the trainer's collator, so SFT's
     # dataset preparation is skipped and the rows keep all their columns.
@@ -221,5 +225,5 @@ class CLLMConfig(SFTConfig):
                 "CLLMTrainer reads the trajectory columns itself: keep dataset_kwargs={'skip_prepare_dataset': True} "
                 "and remove_unused_columns=False"
             )
-        if self.tpf_eval_prompts < 0 or self.tpf_eval_max_new_tokens < 1:
-            raise ValueError("tpf_eval_prompts must be >= 0 and tpf_eval_max_new_tokens >= 1")
+        if self.tpf_eval_prompts < 0 or self.tpf_eval_max_new_tokens < 1 or self.tpf_eval_blocks < 1:
+            raise ValueError("tpf_eval_prompts must be >= 0, tpf_eval_max_new_tokens and tpf_eval_blocks >= 1")

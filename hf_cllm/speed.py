@@ -117,10 +117,10 @@ class MethodSummary:
 
 
 @torch.no_grad()
-def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128) -> dict:
-    """Jacobi TPF (new tokens per forward pass, prefill included) over `prompts` at batch 1, and the share of prompts
-    whose Jacobi output equals the model's own greedy output. Counts only, no timing: cheap enough for evaluation
-    during training."""
+def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128, blocks: int = 1) -> dict:
+    """Jacobi TPF (new tokens per forward pass, prefill included) over `prompts` at batch 1, with up to `blocks`
+    blocks in flight, and the share of prompts whose Jacobi output equals the model's own greedy output. Counts only,
+    no timing: cheap enough for evaluation during training."""
     from .decoding import jacobi_generate
 
     training = model.training
@@ -136,8 +136,9 @@ def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens:
             }
             greedy = baseline_generate(model, **inputs, **settings)
             jacobi = model.generate(
-                **inputs, **settings, custom_generate=jacobi_generate, jacobi_n=jacobi_n, return_dict_in_generate=True
-            )
+                **inputs, **settings, custom_generate=jacobi_generate, jacobi_n=jacobi_n, jacobi_blocks=blocks,
+                return_dict_in_generate=True,
+            )  # fmt: skip
             greedy_tokens = new_tokens_to_eos(greedy[0], len(ids), eos)
             jacobi_tokens = new_tokens_to_eos(jacobi.sequences[0], len(ids), eos)
             tokens += len(jacobi_tokens)

@@ -99,7 +99,9 @@ class CLLMTrainer(SFTTrainer):
         self.add_callback(_CollatorEpoch(self.data_collator))
         prompts = _eval_prompts(eval_dataset, args.tpf_eval_prompts)
         if prompts:
-            self.add_callback(JacobiSpeedCallback(self, prompts, args.jacobi_n, args.tpf_eval_max_new_tokens))
+            self.add_callback(
+                JacobiSpeedCallback(self, prompts, args.jacobi_n, args.tpf_eval_max_new_tokens, args.tpf_eval_blocks)
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """AR loss on the answer + consistency loss of the states, from one forward of the packed rows."""
@@ -261,11 +263,12 @@ class JacobiSpeedCallback(TrainerCallback):
     (new tokens per forward pass, the number consistency training raises) and `eval_jacobi_identical` (share of
     prompts whose Jacobi output equals the model's own greedy output)."""
 
-    def __init__(self, trainer, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128):
+    def __init__(self, trainer, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128, blocks: int = 1):
         self.trainer, self.prompts, self.jacobi_n, self.max_new_tokens = trainer, prompts, jacobi_n, max_new_tokens
+        self.blocks = blocks
 
     def on_evaluate(self, args, state, control, **kwargs):
         from .speed import jacobi_speed
 
-        figures = jacobi_speed(self.trainer.model, self.prompts, self.jacobi_n, self.max_new_tokens)
+        figures = jacobi_speed(self.trainer.model, self.prompts, self.jacobi_n, self.max_new_tokens, self.blocks)
         self.trainer.log({f"eval_{key}": value for key, value in figures.items()})

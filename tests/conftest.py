@@ -97,3 +97,38 @@ def memorizing_model():
 def rule_model():
     """`rule_model(rule)`: a tiny Llama whose greedy choice is `rule(tokens, positions)`."""
     return scripted.rule_model
+
+
+# --- the toy model's own Jacobi trajectories (training data of the trainer tests) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def toy_trajectory_dir(tmp_path_factory, toy_model, toy_tokenizer, toy_prompts):
+    """The toy model's trajectories on 128 toy prompts (n = toy.JACOBI_N, 32 new tokens), collected once."""
+    from hf_cllm import collect_trajectories
+
+    model, tokenizer = toy_model(), toy_tokenizer()
+    folder = tmp_path_factory.mktemp("toy") / "trajectories"
+    collect_trajectories(
+        model, tokenizer, toy_prompts(128, seed=7), jacobi_n=toy.JACOBI_N, max_new_tokens=32, output_dir=folder,
+        batch_size=32, chat=False, progress=False,
+    )  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_trajectories(toy_trajectory_dir):
+    from hf_cllm import load_trajectories
+
+    return load_trajectories(toy_trajectory_dir)
+
+
+@pytest.fixture(scope="session")
+def held_out_prompts(toy_tokenizer, toy_prompts):
+    """`held_out_prompts(count=16)`: token ids of toy prompts no trajectory was collected on."""
+
+    def held_out_prompts(count=16):
+        tokenizer = toy_tokenizer()
+        return [tokenizer(text)["input_ids"] for text in toy_prompts(count, seed=99)]
+
+    return held_out_prompts

@@ -15,15 +15,15 @@ import torch
 import transformers
 from datasets import Dataset
 from tiny import ARCHITECTURES
-from toy import SYMBOLS
+from toy import JACOBI_N, counting_share
 
-from hf_cllm import AutoCLLMForCausalLM, CLLMConfig, CLLMTrainer, collect_trajectories, load_trajectories
+from hf_cllm import AutoCLLMForCausalLM, CLLMConfig, CLLMTrainer, collect_trajectories
 from hf_cllm.losses import ar_loss, consistency_loss
 from hf_cllm.packing import IGNORE_INDEX, JacobiCollator, PackingOptions, model_attention_mask, pack_row, pick_states
 from hf_cllm.speed import jacobi_speed
 
 
-N = 8
+N = JACOBI_N
 
 # A hand-made row: prompt of 5, answer of 14 (blocks of 8 and 6), two states of block 0 and one of block 1.
 ROW = dict(
@@ -60,33 +60,6 @@ def config(tmp_path, **overrides):
         seed=0,
     )
     return CLLMConfig(**{**settings, **overrides})
-
-
-@pytest.fixture(scope="module")
-def toy_trajectory_dir(tmp_path_factory, toy_model, toy_tokenizer, toy_prompts):
-    model, tokenizer = toy_model(), toy_tokenizer()
-    folder = tmp_path_factory.mktemp("toy") / "trajectories"
-    collect_trajectories(
-        model, tokenizer, toy_prompts(128, seed=7), jacobi_n=N, max_new_tokens=32, output_dir=folder,
-        batch_size=32, chat=False, progress=False,
-    )  # fmt: skip
-    return folder
-
-
-@pytest.fixture(scope="module")
-def toy_trajectories(toy_trajectory_dir):
-    return load_trajectories(toy_trajectory_dir)
-
-
-@pytest.fixture(scope="session")
-def held_out_prompts(toy_tokenizer, toy_prompts):
-    """`held_out_prompts(count=16)`: token ids of toy prompts no trajectory was collected on."""
-
-    def held_out_prompts(count=16):
-        tokenizer = toy_tokenizer()
-        return [tokenizer(text)["input_ids"] for text in toy_prompts(count, seed=99)]
-
-    return held_out_prompts
 
 
 # --- packing -------------------------------------------------------------------------------------------------------
@@ -227,16 +200,6 @@ def test_one_forward_one_backward_gives_the_reference_gradient(tmp_path, states_
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     for packed, reference in zip(packed_grad, (p.grad for p in model.parameters())):
         torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-4)
-
-
-def counting_share(model, prompts):
-    """Share of consecutive greedy answer tokens that follow the toy rule "previous + 1"."""
-    follows = total = 0
-    for ids in prompts:
-        answer = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids) - 1 :] - 3
-        follows += int(((answer[:-1] + 1) % SYMBOLS == answer[1:]).sum())
-        total += len(answer) - 1
-    return follows / total
 
 
 # --- end to end ----------------------------------------------------------------------------------------------------
@@ -601,9 +564,12 @@ def test_the_gsm8k_smollm2_example_configs_parse():
 
     folder = Path(__file__).parent.parent / "examples" / "gsm8k_smollm2"
     parsed = {}
-    for name in ("full", "lora"):
+    for name in ("full", "lora", "jacobi_forcing"):
         parsed[name] = parser().parse_args_and_config(["--config", str(folder / f"{name}.yaml"), "--use_cpu", "true"])
     (_, full, full_model), (_, lora, lora_model) = parsed["full"], parsed["lora"]
+    forcing = parsed["jacobi_forcing"][1]
+    assert (forcing.recipe, forcing.ar_on_prompt, forcing.ar_label_smoothing) == ("jacobi_forcing", True, 0.0)
+    assert (forcing.learning_rate, forcing.num_train_epochs) == (full.learning_rate, full.num_train_epochs)
     assert (full.jacobi_n, full.ar_target, full.tpf_eval_prompts) == (16, "labels", 4)
     assert not full_model.use_peft and lora_model.use_peft and lora_model.lora_r == 32
     assert full.output_dir == "runs/gsm8k/full" and lora.output_dir == "runs/gsm8k/lora"

@@ -16,6 +16,7 @@ import transformers
 
 
 SYMBOLS = 24
+JACOBI_N = 8  # the block size the trainer tests collect and train the toy model with
 SPECIALS = ["<pad>", "<s>", "</s>"]
 
 
@@ -83,3 +84,13 @@ def toy_model(steps: int = 300, seed: int = 0):
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 2
     return model.eval()
+
+
+def counting_share(model, prompts):
+    """Share of consecutive greedy answer tokens that follow the toy rule "previous + 1"."""
+    follows = total = 0
+    for ids in prompts:
+        answer = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids) - 1 :] - 3
+        follows += int(((answer[:-1] + 1) % SYMBOLS == answer[1:]).sum())
+        total += len(answer) - 1
+    return follows / total
