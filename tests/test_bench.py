@@ -249,6 +249,13 @@ def test_bench_command_line(answering_model, tmp_path, capsys, tiny_tokenizer):
     assert code == 0
     assert "| greedy AR | 0.667 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / "report.json").read_text())["items"] == 3
+    # Multi-block decoding: its own folder (the setting is recorded), outputs still identical to AR.
+    code = main(["bench", "gsm8k", "--model", str(tmp_path / "model"), "--data", data, "--jacobi-n", "4",
+                 "--jacobi-blocks", "2", "--max-new-tokens", "24", "--no-chat",
+                 "--output-dir", out + "2"])  # fmt: skip
+    report = json.loads((tmp_path / "b2" / "report.json").read_text())
+    assert code == 0 and report["settings"]["jacobi_blocks"] == 2 and report["identical"] == 3
+    assert "2 blocks in flight" in (tmp_path / "b2" / "report.md").read_text()
 
 
 # --- Spider --------------------------------------------------------------------------------------------------------

@@ -30,12 +30,13 @@ ITEMS_FILE, SETTINGS_FILE = "items.jsonl", "settings.json"
 def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | None = None, jacobi_n: int | str = 16,
                   limit: int | None = None, max_new_tokens: int | None = None, chat: bool | None = None,
                   progress: bool = True, command: str | None = None, options: dict | None = None,
-                  sampling: dict | None = None, num_samples: int = 1) -> dict:  # fmt: skip
+                  sampling: dict | None = None, num_samples: int = 1, jacobi_blocks: int = 1) -> dict:  # fmt: skip
     """Run `benchmark` (a registered `BenchmarkTask`: "gsm8k", "humaneval", "spider", ...) and write
     `output_dir/{items.jsonl, report.json, report.md, report.png}`; returns the report. Rerun with the same arguments
     to resume. `options`: the task's own options (`BenchmarkTask.options`, e.g. Spider's `db_dir`). `sampling`:
     sampling options of `generate` (e.g. `{"temperature": 0.8, "top_p": 0.95}`); AR and Jacobi then both sample
-    `num_samples` completions per item, each pair from the same seed, and the task scores them together (pass@k)."""
+    `num_samples` completions per item, each pair from the same seed, and the task scores them together (pass@k).
+    `jacobi_blocks`: blocks in flight at once (multi-block decoding) with an integer `jacobi_n`."""
     from tqdm.auto import tqdm
 
     task = get_benchmark(benchmark)
@@ -67,6 +68,8 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
                 "dtype": str(model.dtype), "device": str(model.device), "options": options}  # fmt: skip
     if sampling:
         settings |= {"sampling": sampling, "num_samples": num_samples}
+    if jacobi_blocks > 1:  # recorded only when used, so folders written before it existed still resume
+        settings["jacobi_blocks"] = jacobi_blocks
     output_dir = Path(output_dir)
     done = _resume(output_dir, settings)
     eos = eos_token_ids(model)
@@ -76,6 +79,8 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
         "ar": dict(common),
         "jacobi": dict(common, custom_generate=jacobi_generate, jacobi_n=jacobi_n, return_dict_in_generate=True),
     }
+    if jacobi_blocks > 1:
+        methods["jacobi"]["jacobi_blocks"] = jacobi_blocks
 
     def inputs_of(ids):
         return {"input_ids": torch.tensor([ids], device=model.device),
@@ -218,7 +223,8 @@ def markdown(report: dict) -> str:
             f"\nSampling {sampling}, {settings['num_samples']} samples per item and method (each AR/Jacobi pair "
             f"from the same seed); also: AR {other['ar']}, Jacobi {other['jacobi']}.\n"
         )
-    return f"""# {report["benchmark"]}: {mode} AR vs {jacobi_label} (n={settings["jacobi_n"]})
+    blocks = f", {settings['jacobi_blocks']} blocks in flight" if settings.get("jacobi_blocks") else ""
+    return f"""# {report["benchmark"]}: {mode} AR vs {jacobi_label} (n={settings["jacobi_n"]}{blocks})
 
 Model `{settings["model"]}`, {report["items"]} items, at most {settings["max_new_tokens"]} new tokens, chat template:
 {settings["chat"]}; {env["device"]} ({env["gpu"] or env["cpu"]}), {env["dtype"]}, {env["torch_threads"]} threads;

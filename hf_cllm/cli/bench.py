@@ -50,6 +50,7 @@ def parser(benchmark: str | None = None, find_task: bool = False) -> argparse.Ar
     parser.add_argument("--data", default=None, help="a local .jsonl/.json(.gz) file or a Hub dataset id")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first K items")
     parser.add_argument("--jacobi-n", type=block_size, default=16, help='block size, or "auto"')
+    parser.add_argument("--jacobi-blocks", type=positive_int, default=1, help="blocks in flight at once")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     parser.add_argument("--output-dir", default=None, help="default: bench/<benchmark>")
     parser.add_argument("--chat", action="store_true", default=None, help="use the chat template (default: if any)")
@@ -100,6 +101,7 @@ def run(args) -> int:
             options=options,
             sampling=sampling or None,
             num_samples=args.num_samples,
+            jacobi_blocks=args.jacobi_blocks,
         )
     except ValueError as error:
         raise CLIError(str(error)) from None

@@ -1,0 +1,187 @@
+"""Does training pay? The base model with `jacobi_n="auto"` against trained models with their decoders, in one run.
+
+    python examples/gsm8k_smollm2/forcing_compare.py --models runs/gsm8k/jacobi_forcing --data gsm8k/test.jsonl \
+        --limit 32 --blocks 1 2
+
+Per GSM8K test question, back to back at batch 1 (fp32, 256 new tokens): the base model's greedy AR and
+`jacobi_n="auto"`; then for every trained model its greedy AR, Jacobi n=16 with each `--blocks` value, and
+`"auto"`. Forward passes are counted by a hook; outputs are checked against the same model's greedy output. Quality:
+GSM8K accuracy, degenerate answers, agreement with the base's greedy answers, and the mean NLL per token of the
+base's greedy answers under each model. Every question is one line of `<output-dir>/items.jsonl` (rerun to resume).
+Writes `<results>_forcing.json` with every figure, adds `base_auto` and `jacobi_forcing` (the best trained model with
+its best decoding) to `<results>.json`, and plots held-out TPF over training for these runs and the CLLM runs
+already in `<results>.json` into `<results>_forcing_tpf_over_steps.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from compare import is_degenerate, load, tpf_curve
+from transformers import AutoTokenizer
+
+from hf_cllm.bench import get_benchmark
+from hf_cllm.cli.common import resolve_model_path
+from hf_cllm.modeling import eos_token_ids
+from hf_cllm.prompts import tokenize_prompts
+from hf_cllm.speed import timed_generate
+
+
+def methods_of(blocks: list[int]) -> list[tuple[str, dict]]:
+    return (
+        [("AR", {})]
+        + [(f"n16 blocks={k}", {"jacobi_n": 16, "jacobi_blocks": k}) for k in blocks]
+        + [("auto", {"jacobi_n": "auto"})]
+    )
+
+
+@torch.no_grad()
+def answer_nll(model, prompt: list[int], answer: list[int]) -> tuple[float, int]:
+    """Summed NLL of `answer` after `prompt` under `model`, and its token count."""
+    ids = torch.tensor([prompt + answer])
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    return float(torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :], reduction="sum")), len(answer)
+
+
+def measure(models: dict, prompt: list[int], row: dict, blocks: list[int], max_new_tokens: int, eos) -> dict:
+    """One question: every model's runs back to back, then the NLL of the base's greedy answer under each."""
+    inputs = {"input_ids": torch.tensor([prompt]), "attention_mask": torch.ones(1, len(prompt), dtype=torch.long)}
+    common = dict(max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)
+    record = {"question": row["question"], "models": {}}
+    for name, model in models.items():
+        runs = {}
+        for method, extra in methods_of(blocks) if name != "base" else [("AR", {}), ("auto", {"jacobi_n": "auto"})]:
+            run = timed_generate(model, inputs, eos, **common, **extra)
+            runs[method] = {"tokens": run.tokens.tolist(), "seconds": run.seconds, "forwards": run.forwards}
+        record["models"][name] = runs
+    base_answer = record["models"]["base"]["AR"]["tokens"]
+    for name, model in models.items():
+        record["models"][name]["nll_of_base_answer"] = answer_nll(model, prompt, base_answer)
+    return record
+
+
+def summarise(items: list[dict], name: str, method: str, tokenizer, rows: list[dict]) -> dict:
+    """A method's figures over the questions, against the same model's greedy runs (and the base's `auto`)."""
+    runs = [item["models"][name][method] for item in items]
+    ar = [item["models"][name]["AR"] for item in items]
+    base_auto = [item["models"]["base"]["auto"] for item in items]
+    per_token = lambda run: run["seconds"] / max(len(run["tokens"]), 1)  # noqa: E731
+    texts = [tokenizer.decode(run["tokens"], skip_special_tokens=True) for run in runs]
+    return {
+        "accuracy": get_benchmark("gsm8k").score(texts, rows[: len(items)])["accuracy"],
+        "tpf": sum(len(r["tokens"]) for r in runs) / sum(r["forwards"] for r in runs),
+        "tokens_per_s": statistics.median(len(r["tokens"]) / r["seconds"] for r in runs),
+        "speedup": statistics.median(per_token(a) / per_token(r) for r, a in zip(runs, ar)),
+        "speedup_vs_base_auto": statistics.median(per_token(b) / per_token(r) for r, b in zip(runs, base_auto)),
+        "identical": sum(r["tokens"] == a["tokens"] for r, a in zip(runs, ar)),
+        "degenerate": sum(is_degenerate(r["tokens"]) for r in runs),
+        "items": len(runs),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="smollm2-135m-instruct", help="the base model (default: the embedded one)")
+    parser.add_argument("--models", nargs="+", required=True, help="trained run folders")
+    parser.add_argument("--data", default=None, help="GSM8K test jsonl (default: Hub, or the offline package)")
+    parser.add_argument("--limit", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2], help="jacobi_blocks values for n=16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-dir", default="runs/gsm8k/forcing_eval")
+    parser.add_argument("--results", default="docs/results", help="reads/updates <results>.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base_path = resolve_model_path(args.base)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    gsm8k = get_benchmark("gsm8k")
+    rows = gsm8k.load_rows(args.data)[: args.limit]
+    prompts, _ = tokenize_prompts([gsm8k.prompt_row(r, chat=True) for r in rows], tokenizer, "gsm8k", True, None,
+                                  args.max_new_tokens)  # fmt: skip
+    paths = {Path(p).name: p for p in args.models}
+    models = {"base": load(args.base, base_path)} | {name: load(path, base_path) for name, path in paths.items()}
+    eos = eos_token_ids(models["base"])
+    warm = {
+        "input_ids": torch.tensor([prompts[0]]),
+        "attention_mask": torch.ones(1, len(prompts[0]), dtype=torch.long),
+    }
+    for model in models.values():  # warm-up, and where "auto" measures its forward costs once
+        for _, extra in methods_of(args.blocks):
+            timed_generate(model, warm, eos, max_new_tokens=8, do_sample=False, return_dict_in_generate=True, **extra)
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "items.jsonl"
+    items = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for index in range(len(items), len(rows)):
+        items.append(measure(models, prompts[index], rows[index], args.blocks, args.max_new_tokens, eos))
+        with log.open("a") as handle:
+            handle.write(json.dumps(items[-1]) + "\n")
+        print(f"[{index + 1}/{len(rows)}]", file=sys.stderr, flush=True)
+
+    summary = {"settings": vars(args) | {"command": " ".join(sys.argv)}, "models": {}}
+    for name in models:
+        methods = ["AR", "auto"] if name == "base" else [m for m, _ in methods_of(args.blocks)]
+        nll, count = (sum(item["models"][name]["nll_of_base_answer"][i] for item in items) for i in (0, 1))
+        summary["models"][name] = {m: summarise(items, name, m, tokenizer, rows) for m in methods}
+        summary["models"][name]["nll_of_base_answers"] = nll / count
+        summary["models"][name]["tpf_over_steps"] = tpf_curve(Path(paths[name])) if name in paths else []
+    print(
+        "| model | decoding | accuracy | TPF | tokens/s | speedup vs its AR | vs base auto | identical | degenerate |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, entry in summary["models"].items():
+        for method, f in entry.items():
+            if isinstance(f, dict):
+                print(f"| {name} | {method} | {f['accuracy']:.3f} | {f['tpf']:.3f} | {f['tokens_per_s']:.1f} | "
+                      f"{f['speedup']:.2f}x | {f['speedup_vs_base_auto']:.2f}x | {f['identical']}/{f['items']} | "
+                      f"{f['degenerate']}/{f['items']} |")  # fmt: skip
+        print(f"| {name} | NLL of the base's greedy answers | {entry['nll_of_base_answers']:.3f} per token |")
+    write(summary, Path(args.results))
+    return 0
+
+
+def write(summary: dict, stem: Path) -> None:
+    """`<stem>_forcing.json`, the new top-level entries of `<stem>.json`, and the TPF-over-steps plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}_forcing.json").write_text(json.dumps(summary, indent=2) + "\n")
+    fields = ("accuracy", "tpf", "tokens_per_s", "speedup")
+    trained = [(name, method, f) for name, entry in summary["models"].items() if name != "base"
+               for method, f in entry.items() if isinstance(f, dict) and method != "AR"]  # fmt: skip
+    name, method, best = max(trained, key=lambda t: t[2]["tokens_per_s"])
+    results_path = stem.with_suffix(".json")
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["base_auto"] = {k: summary["models"]["base"]["auto"][k] for k in fields}
+    results["jacobi_forcing"] = {k: best[k] for k in fields} | {"run": name, "decoding": method}
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for label, curve in results.get("curves", {}).items():
+        if label in ("full", "lr3e-4") and curve:
+            axis.plot(
+                [p["step"] for p in curve], [p["tpf"] for p in curve], marker="o", label=f"CLLM recipe ({label})"
+            )
+    for label, entry in summary["models"].items():
+        curve = entry.get("tpf_over_steps")
+        if curve:
+            axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="s", label=label)
+    axis.set_xlabel("training step (batch 1, same 248 questions)")
+    axis.set_ylabel("TPF, n=16 (4 held-out prompts)")
+    axis.set_title("CLLM vs Jacobi Forcing recipe, equal compute")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(f"{stem}_forcing_tpf_over_steps.png", dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
