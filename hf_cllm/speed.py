@@ -117,17 +117,17 @@ class MethodSummary:
 
 
 @torch.no_grad()
-def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128, blocks: int = 1) -> dict:
-    """Jacobi TPF (new tokens per forward pass, prefill included) over `prompts` at batch 1, with up to `blocks`
-    blocks in flight, and the share of prompts whose Jacobi output equals the model's own greedy output. Counts only,
-    no timing: cheap enough for evaluation during training."""
+def jacobi_counts(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128, blocks: int = 1) -> dict:
+    """Jacobi decoding of `prompts` at batch 1, with up to `blocks` blocks in flight: new tokens, forward passes
+    (prefill included) and prompts whose Jacobi output equals the model's own greedy output. Counts only, no timing:
+    cheap enough for evaluation during training, and summable over processes."""
     from .decoding import jacobi_generate
 
     training = model.training
     model.eval()
     eos = eos_token_ids(model)
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=eos[0] if eos else 0)
-    tokens = forwards = identical = 0
+    counts = {"tokens": 0, "forwards": 0, "identical": 0, "prompts": len(prompts)}
     try:
         for ids in prompts:
             inputs = {
@@ -141,9 +141,22 @@ def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens:
             )  # fmt: skip
             greedy_tokens = new_tokens_to_eos(greedy[0], len(ids), eos)
             jacobi_tokens = new_tokens_to_eos(jacobi.sequences[0], len(ids), eos)
-            tokens += len(jacobi_tokens)
-            forwards += int(jacobi.num_forward_passes[0])
-            identical += torch.equal(greedy_tokens, jacobi_tokens)
+            counts["tokens"] += len(jacobi_tokens)
+            counts["forwards"] += int(jacobi.num_forward_passes[0])
+            counts["identical"] += int(torch.equal(greedy_tokens, jacobi_tokens))
     finally:
         model.train(training)
-    return {"tpf": tokens / max(forwards, 1), "jacobi_identical": identical / max(len(prompts), 1)}
+    return counts
+
+
+def tpf_figures(counts: dict) -> dict:
+    """TPF and the share of identical outputs from `jacobi_counts` (of one process, or summed over several)."""
+    return {
+        "tpf": counts["tokens"] / max(counts["forwards"], 1),
+        "jacobi_identical": counts["identical"] / max(counts["prompts"], 1),
+    }
+
+
+def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128, blocks: int = 1) -> dict:
+    """Jacobi TPF over `prompts` at batch 1 and the share of them identical to greedy (`jacobi_counts`)."""
+    return tpf_figures(jacobi_counts(model, prompts, jacobi_n, max_new_tokens, blocks))

@@ -261,14 +261,24 @@ class _CollatorEpoch(TrainerCallback):
 class JacobiSpeedCallback(TrainerCallback):
     """At each evaluation, Jacobi-decode held-out prompts (batch 1) with the model being trained and log `eval_tpf`
     (new tokens per forward pass, the number consistency training raises) and `eval_jacobi_identical` (share of
-    prompts whose Jacobi output equals the model's own greedy output)."""
+    prompts whose Jacobi output equals the model's own greedy output).
+
+    Over several processes the figures are those of one process on all prompts: under data parallelism each process
+    decodes its share and the counts are summed; with sharded parameters (FSDP, DeepSpeed ZeRO) every forward pass
+    gathers them collectively, so every process decodes every prompt in step (the same tokens everywhere)."""
 
     def __init__(self, trainer, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128, blocks: int = 1):
         self.trainer, self.prompts, self.jacobi_n, self.max_new_tokens = trainer, prompts, jacobi_n, max_new_tokens
         self.blocks = blocks
 
     def on_evaluate(self, args, state, control, **kwargs):
-        from .speed import jacobi_speed
+        from .speed import jacobi_counts, tpf_figures
 
-        figures = jacobi_speed(self.trainer.model, self.prompts, self.jacobi_n, self.max_new_tokens, self.blocks)
-        self.trainer.log({f"eval_{key}": value for key, value in figures.items()})
+        trainer, accelerator = self.trainer, self.trainer.accelerator
+        sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+        share = self.prompts if sharded else self.prompts[accelerator.process_index :: accelerator.num_processes]
+        counts = jacobi_counts(trainer.model, share, self.jacobi_n, self.max_new_tokens, self.blocks)
+        if accelerator.num_processes > 1 and not sharded:
+            summed = accelerator.reduce(torch.tensor(list(counts.values()), device=accelerator.device), "sum")
+            counts = dict(zip(counts, summed.tolist()))
+        trainer.log({f"eval_{key}": value for key, value in tpf_figures(counts).items()})
