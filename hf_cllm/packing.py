@@ -137,9 +137,9 @@ def pick_noisy_states(
             level = levels[block % count]
         else:
             level = levels[int(torch.randint(count, (1,), generator=generator))]
-        options_here = [(0.0, None), *candidates.get(block, [])]
-        best = min(abs(noise - level) for noise, _ in options_here)
-        nearest = [index for noise, index in options_here if abs(noise - level) - best < 1e-9]
+        choices = [(0.0, None), *candidates.get(block, [])]
+        best = min(abs(noise - level) for noise, _ in choices)
+        nearest = [index for noise, index in choices if abs(noise - level) - best < 1e-9]
         chosen.append(nearest[int(torch.randint(len(nearest), (1,), generator=generator))])
     return chosen
 

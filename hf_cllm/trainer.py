@@ -218,7 +218,7 @@ def prepare_trajectories(dataset, args: CLLMConfig, name: str):
 
 def check_vocabulary(model, tokenizer, datasets) -> None:
     """The tokenizer and the trajectories must fit the model's embedding matrix."""
-    size = model.get_input_embeddings().weight.shape[0]
+    size = model.get_input_embeddings().num_embeddings  # not the weight: sharded under ZeRO-3 / FSDP
     if len(tokenizer) > size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings only {size}: they do not belong "
