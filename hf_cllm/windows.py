@@ -180,12 +180,8 @@ class MultiBlocks:
     opener (`jacobi_init="ngram"`) recycles the n-grams rejected earlier. Acceptance is unchanged: still lossless."""
 
     def __init__(self, block_size: int, max_blocks: int, open_guesses: Guesser, open_at: float = 0.85):
-        self.block_size, self.max_blocks, self.open_guesses, self.open_at = (
-            block_size,
-            max_blocks,
-            open_guesses,
-            open_at,
-        )
+        self.block_size, self.max_blocks, self.open_at = block_size, max_blocks, open_at
+        self.open_guesses = open_guesses
         self.blocks: list[int] = []  # the block of each guess in the window
         self.opened: dict[int, int] = {}  # block -> guesses it opened with
         self.count = 0
