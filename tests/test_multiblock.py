@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_generate_features import Recorder
 from test_hub import run_without_hf_cllm
 from tiny import ARCHITECTURES, random_prompts
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -111,16 +112,6 @@ def test_eos_processors_stopping_criteria_and_streamer(tiny_model):
     class StopAtLength(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return torch.full((input_ids.shape[0],), input_ids.shape[1] >= 35, dtype=torch.bool)
-
-    class Recorder:
-        def __init__(self):
-            self.values, self.ended = [], 0
-
-        def put(self, value):
-            self.values.append(value.clone())
-
-        def end(self):
-            self.ended += 1
 
     common = dict(
         max_new_tokens=30, eos_token_id=eos, pad_token_id=0, repetition_penalty=1.3, no_repeat_ngram_size=3,
