@@ -177,10 +177,11 @@ def pack_row(row: dict, options: PackingOptions, generator: torch.Generator | No
     return packed
 
 
-def _add_pairs(packed, state, target, student_start, teacher_start, offset, answer_length, options, pair):
+def _add_pairs(packed, state, target, student_start, teacher_start, offset, answer_length, options):
     """The consistency pairs of one state: each of its positions against the target's, counted from the first
     position where the two differ (earlier positions see the same input, hence give the same distribution: the
-    paper drops them as "misleading gradients"); the answer's last token predicts nothing."""
+    paper drops them as "misleading gradients"); the answer's last token predicts nothing. Pairs are numbered in
+    the order they are added."""
     divergence = _first_difference(state, target) if options.first_divergence_mask else 0
     for j in range(len(state)):
         if offset + j + 1 >= answer_length:  # the teacher's distribution there predicts past the answer's end
@@ -188,7 +189,7 @@ def _add_pairs(packed, state, target, student_start, teacher_start, offset, answ
         packed.student_positions.append(student_start + j)
         packed.teacher_positions.append(teacher_start + j)
         packed.consistency_mask.append(j >= divergence)
-        packed.consistency_pair.append(pair)
+        packed.consistency_pair.append(packed.num_pairs)
     packed.num_pairs += 1
 
 
@@ -212,7 +213,7 @@ def _add_states(packed, row, options, generator):
             else:
                 target = answer[offset : offset + len(state)]
                 teacher_start = p + offset
-        _add_pairs(packed, state, target, start, teacher_start, offset, len(answer), options, packed.num_pairs)
+        _add_pairs(packed, state, target, start, teacher_start, offset, len(answer), options)
 
 
 def _add_noisy_answer(packed, row, options, generator):
@@ -227,7 +228,7 @@ def _add_noisy_answer(packed, row, options, generator):
     for block, state in enumerate(noisy):
         offset = block * n
         target = answer[offset : offset + n]
-        _add_pairs(packed, state, target, start + offset, p + offset, offset, len(answer), options, block)
+        _add_pairs(packed, state, target, start + offset, p + offset, offset, len(answer), options)
 
 
 class JacobiCollator:

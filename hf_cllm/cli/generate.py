@@ -55,7 +55,7 @@ def run(args) -> int:
         max_new_tokens=args.max_new_tokens,
         jacobi_n=args.jacobi_n,
         jacobi_init=args.jacobi_init,
-        **({"jacobi_blocks": args.jacobi_blocks} if args.jacobi_blocks > 1 else {}),
+        jacobi_blocks=args.jacobi_blocks,
         streamer=streamer,
         return_dict_in_generate=True,
         do_sample=bool(sampling),
