@@ -67,6 +67,14 @@ def test_unknown_hub_model_offline_is_one_clear_error(capsys):
     assert len(err) == 1 and "could not load it" in err[0] and "HF_HUB_OFFLINE" in err[0]
 
 
+@pytest.mark.parametrize("command", ["generate", "bench"])
+def test_jacobi_blocks_with_auto_is_one_line_before_any_model_loads(command, capsys):
+    arguments = ["--prompt", "hi"] if command == "generate" else ["gsm8k"]
+    code = main([command, *arguments, "--model", "nobody/no-such-model", "--jacobi-n", "auto", "--jacobi-blocks", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--jacobi-blocks needs an integer --jacobi-n" in err[0]
+
+
 def test_missing_embedded_package_prints_the_install_command(monkeypatch, capsys):
     monkeypatch.setenv("HF_CLLM_CACHE", os.devnull + "-nothing-here")
     monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)

@@ -22,6 +22,7 @@ from .common import (
     add_model_arguments,
     add_sampling_arguments,
     block_size,
+    check_jacobi_blocks,
     load_model_and_tokenizer,
     positive_int,
     sampling_options,
@@ -84,6 +85,7 @@ def run(args) -> int:
 
     args = parse(args.arguments)
     options = {key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("option:")}
+    check_jacobi_blocks(args)
     sampling = sampling_options(args)
     model, tokenizer = load_model_and_tokenizer(args)
     try:

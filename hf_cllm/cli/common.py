@@ -59,6 +59,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser):
     return group
 
 
+def check_jacobi_blocks(args) -> None:
+    """`--jacobi-blocks` keeps fixed blocks in flight: refuse it with `--jacobi-n auto` before loading a model."""
+    if args.jacobi_blocks > 1 and args.jacobi_n == "auto":
+        raise CLIError("--jacobi-blocks needs an integer --jacobi-n (e.g. --jacobi-n 16), not auto")
+
+
 def sampling_options(args) -> dict:
     """The `generate` sampling options given on the command line ({} for greedy decoding)."""
     options = {k: v for k, v in dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k).items()

@@ -10,6 +10,7 @@ from .common import (
     add_model_arguments,
     add_sampling_arguments,
     block_size,
+    check_jacobi_blocks,
     encode_prompt,
     load_model_and_tokenizer,
     positive_int,
@@ -41,6 +42,7 @@ def run(args) -> int:
 
     if not args.prompt.strip():
         raise CLIError("--prompt is empty; give the text to continue")
+    check_jacobi_blocks(args)
     sampling = sampling_options(args)
     model, tokenizer = load_model_and_tokenizer(args)
     inputs = encode_prompt(tokenizer, args.prompt, args.chat, model.device)
