@@ -29,6 +29,8 @@ class BenchmarkTask:
             naming them.
         options (`dict[str, str]`): the task's own options, name -> help. They reach `score` as keyword arguments
             (`run_benchmark(..., options={name: value})`; on the command line `--name-with-dashes VALUE`).
+        option_types (`dict[str, callable]`): converters for options that are not strings (`float`, `int`, `flag`);
+            a value they refuse is reported before anything runs.
     """
 
     name: ClassVar[str]
@@ -36,6 +38,24 @@ class BenchmarkTask:
     max_new_tokens: ClassVar[int] = 256
     columns: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, str]] = {}
+    option_types: ClassVar[dict] = {}
+
+    def check_options(self, options: dict | None) -> dict:
+        """`options` without the unset ones, each converted by `option_types`; unknown names and bad values raise a
+        ValueError that names the option."""
+        options = {key: value for key, value in (options or {}).items() if value is not None}
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"{self.name} has no option {', '.join(unknown)}: its options are {sorted(self.options)}")
+        for key, convert in self.option_types.items():
+            if key in options:
+                try:
+                    options[key] = convert(options[key])
+                except (TypeError, ValueError) as error:
+                    raise ValueError(
+                        f"{self.name} option {key}={options[key]!r}: {error} ({self.options[key]})"
+                    ) from None
+        return options
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -64,6 +84,30 @@ class BenchmarkTask:
         metric = next(iter(scores[0]))
         per_item = [sum(bool(score["per_item"][i]) for score in scores) / count for i in range(len(rows))]
         return {metric: sum(score[metric] for score in scores) / count, "per_item": per_item}
+
+
+def flag(value) -> bool:
+    """A yes/no option: a bool, or true/false, yes/no, 1/0 as text."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def positive(kind):
+    """A converter to `kind` (int, float) that refuses values <= 0."""
+
+    def convert(value):
+        number = kind(value)
+        if number <= 0:
+            raise ValueError("must be > 0")
+        return number
+
+    return convert
 
 
 def benchmark_names() -> list[str]:
