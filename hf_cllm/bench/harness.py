@@ -40,10 +40,7 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
     from tqdm.auto import tqdm
 
     task = get_benchmark(benchmark)
-    options = {key: value for key, value in (options or {}).items() if value is not None}
-    unknown = sorted(set(options) - set(task.options))
-    if unknown:
-        raise ValueError(f"{benchmark} has no option {', '.join(unknown)}: its options are {sorted(task.options)}")
+    options = task.check_options(options)
     if num_samples < 1 or (num_samples > 1 and not sampling):
         raise ValueError(
             f"num_samples={num_samples}: several samples per item need sampling, e.g. sampling={{'temperature': 0.8}} "
@@ -169,7 +166,7 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
         "metric": metric,
         "quality": {name: quality[name][metric] for name in quality},
         "quality_details": {
-            name: {k: v for k, v in quality[name].items() if k not in ("per_item", "status")} for name in quality
+            name: {k: v for k, v in quality[name].items() if k not in PER_ITEM_KEYS} for name in quality
         },
         "speed": speed,
         "speedup_median": figures["jacobi"]["speedup_median"],
@@ -182,6 +179,7 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
                 "correct_jacobi": _correct(quality["jacobi"]["per_item"][k]),
                 "tpf": sum(len(s["tokens"]) for s in samples["jacobi"][k])
                 / max(sum(s["forwards"] for s in samples["jacobi"][k]), 1),
+                **_texts(k, samples, quality, sampled),
             }
             for k, item in enumerate(items)
         ],  # fmt: skip
@@ -199,6 +197,46 @@ def build_report(task, rows: list[dict], output_dir: Path, settings: dict, comma
         },  # fmt: skip
         "command": command or " ".join(sys.argv),
     }
+
+
+PER_ITEM_KEYS = ("per_item", "status", "predictions")  # what a task's score() gives per item, not as a summary
+
+
+def _texts(k: int, samples: dict, quality: dict, sampled: bool) -> dict:
+    """Item k's completions per method (`text_ar`, `text_jacobi`: one text, or the list of samples) and, where the
+    task reports them, what was scored (`prediction_ar`, ...: the extracted SQL, the program run): a published
+    report can be checked and scored again."""
+    out = {}
+    for name in samples:
+        texts = [s["text"] for s in samples[name][k]]
+        out[f"text_{name}"] = texts if sampled else texts[0]
+        if quality[name].get("predictions") is not None:
+            out[f"prediction_{name}"] = quality[name]["predictions"][k]
+    return out
+
+
+def rescore(output_dir, benchmark: str | None = None, options: dict | None = None, command: str | None = None) -> dict:
+    """Score a run folder again with the current metrics, without decoding: reads its `settings.json` and
+    `items.jsonl` (the completions) and rewrites `report.{json,md,png}`. `options`: task options to change for this
+    scoring (e.g. Spider's `keep_distinct`); the others stay as the run had them. The report keeps the run's command
+    and adds `rescored` (this command)."""
+    output_dir = Path(output_dir)
+    if not (output_dir / SETTINGS_FILE).is_file() or not (output_dir / ITEMS_FILE).is_file():
+        raise ValueError(
+            f"--rescore {output_dir}: not a benchmark run folder (it needs {SETTINGS_FILE} and {ITEMS_FILE})"
+        )
+    settings = json.loads((output_dir / SETTINGS_FILE).read_text())
+    if benchmark is not None and benchmark != settings["benchmark"]:
+        raise ValueError(f"--rescore {output_dir}: that folder is a {settings['benchmark']} run, not {benchmark}")
+    task = get_benchmark(settings["benchmark"])
+    options = task.check_options({**settings.get("options", {}), **(options or {})})
+    rows = task.load_rows(settings.get("data"))[: settings.get("limit")]
+    previous = output_dir / "report.json"
+    run_command = json.loads(previous.read_text()).get("command") if previous.is_file() else None
+    report = build_report(task, rows, output_dir, settings | {"options": options}, run_command, options)
+    report["rescored"] = command or " ".join(sys.argv)
+    write_report(report, output_dir)
+    return report
 
 
 def _correct(value):
@@ -224,6 +262,9 @@ def markdown(report: dict) -> str:
             f"from the same seed); also: AR {other['ar']}, Jacobi {other['jacobi']}.\n"
         )
     blocks = f", {settings['jacobi_blocks']} blocks in flight" if settings.get("jacobi_blocks") else ""
+    rescored = (
+        f"\nScored again (same completions, current metric): `{report['rescored']}`" if report.get("rescored") else ""
+    )
     return f"""# {report["benchmark"]}: {mode} AR vs {jacobi_label} (n={settings["jacobi_n"]}{blocks})
 
 Model `{settings["model"]}`, {report["items"]} items, at most {settings["max_new_tokens"]} new tokens, chat template:
@@ -235,7 +276,7 @@ torch {env["torch"]}, transformers {env["transformers"]}.
 {ar}
 {jacobi}
 
-Command: `{report["command"]}`
+Command: `{report["command"]}`{rescored}
 """
 
 

@@ -4,6 +4,7 @@
   hf-cllm bench humaneval --model M --limit 30 --output-dir bench/humaneval
   hf-cllm bench spider --model M --limit 50 [--spider-db-dir spider/database]
   hf-cllm bench humaneval --model M --limit 20 --temperature 0.8 --num-samples 5     # pass@1 and pass@5, sampled
+  hf-cllm bench spider --rescore bench/spider                 # score a run again with today's metric, no decoding
 
 Writes report.json, report.md and report.png (and items.jsonl, item by item: rerun the same command to resume).
 Data: the Hub by default (openai/gsm8k, openai/openai_humaneval), a local file with --data (Spider: the release
@@ -54,6 +55,8 @@ def parser(benchmark: str | None = None, find_task: bool = False) -> argparse.Ar
     parser.add_argument("--jacobi-blocks", type=positive_int, default=1, help="blocks in flight at once")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     parser.add_argument("--output-dir", default=None, help="default: bench/<benchmark>")
+    parser.add_argument("--rescore", metavar="RUN_DIR", default=None,
+                        help="score an earlier run folder's completions again (no model, no decoding)")  # fmt: skip
     parser.add_argument("--chat", action="store_true", default=None, help="use the chat template (default: if any)")
     parser.add_argument("--no-chat", dest="chat", action="store_false")
     sampling = add_sampling_arguments(parser)
@@ -80,13 +83,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def run(args) -> int:
     import sys
 
-    from ..bench import run_benchmark
+    from ..bench import get_benchmark, run_benchmark
     from ..bench.harness import markdown
 
     args = parse(args.arguments)
     options = {key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("option:")}
+    if args.rescore is not None:
+        from ..bench.harness import rescore
+
+        try:
+            report = rescore(args.rescore, args.benchmark, options, command="hf-cllm " + " ".join(sys.argv[1:]))
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        print(markdown(report))
+        return 0
     check_jacobi_blocks(args)
     sampling = sampling_options(args)
+    try:
+        get_benchmark(args.benchmark).check_options(options)  # bad values named before the model loads
+    except ValueError as error:
+        raise CLIError(str(error)) from None
     model, tokenizer = load_model_and_tokenizer(args)
     try:
         report = run_benchmark(

