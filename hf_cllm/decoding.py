@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation import GenerateDecoderOnlyOutput
 
-from .verify import GreedyAcceptance, Prediction, SamplingAcceptance, Settled, Stopping, settle
+from .verify import _PREFIX_FREE, GreedyAcceptance, Prediction, SamplingAcceptance, Settled, Stopping, settle
 from .windows import (
     AutoWindows,
     FixedBlocks,
@@ -41,7 +41,9 @@ DEFAULT_JACOBI_N = 16
 # `generate` arguments that only apply together with `jacobi_n`
 JACOBI_KWARGS = (
     "jacobi_init", "jacobi_seed", "jacobi_return_states", "jacobi_max_n", "jacobi_costs", "jacobi_blocks",
+    "jacobi_progress",
 )  # fmt: skip
+PROGRESS = ("row", "shared")
 
 
 @dataclass
@@ -59,7 +61,8 @@ class JacobiGenerateOutput(GenerateDecoderOnlyOutput):
         iterations_per_block (`list[list[int]]`):
             For each row, the Jacobi iterations (forward passes) each of its n-token blocks took to reach its fixed
             point; at most n, and 1 when every guess was already right. `None` with `jacobi_n="auto"`, which has
-            no fixed blocks, and with `jacobi_blocks > 1`, whose blocks overlap in time.
+            no fixed blocks, with `jacobi_blocks > 1`, whose blocks overlap in time, and with per-row progress
+            (`jacobi_progress="row"` in a batch), whose rows open blocks at their own pace.
         jacobi_states (`list[torch.LongTensor]`, *optional*, returned with `jacobi_return_states=True`):
             The Jacobi trajectory: for each block (shared by the batch), a tensor `(num_states, batch_size, n)` of the
             block's state before every iteration, from the initial guess to the fixed point (the last state). A
@@ -93,7 +96,8 @@ def resolve_jacobi_n(jacobi_n, generation_config) -> int | str | None:
     return None if jacobi_n is None else validate_jacobi_n(jacobi_n)
 
 
-def _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks) -> None:
+def _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks,
+                   jacobi_progress) -> None:  # fmt: skip
     """The Jacobi arguments of `generate`, and those that only make sense with fixed blocks or only with `"auto"`."""
     if isinstance(jacobi_seed, bool) or not isinstance(jacobi_seed, int):
         raise ValueError(f"`jacobi_seed` must be an integer, the seed of the random guesses (got {jacobi_seed!r}).")
@@ -101,6 +105,11 @@ def _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, 
         raise ValueError(
             f"`jacobi_blocks` must be a positive integer, the most blocks decoded at once (got {jacobi_blocks!r}). "
             "Pass e.g. `jacobi_blocks=2`, or leave it at 1 for one block at a time."
+        )
+    if jacobi_progress is not None and jacobi_progress not in PROGRESS:
+        raise ValueError(
+            f"`jacobi_progress` must be one of {PROGRESS} (got {jacobi_progress!r}): \"row\" lets each row of a batch "
+            'commit its own accepted tokens, "shared" moves the batch at its slowest row\'s pace.'
         )
     if jacobi_blocks > 1 and (block_size == "auto" or jacobi_return_states):
         raise ValueError(
@@ -260,6 +269,7 @@ def jacobi_generate(
     jacobi_max_n: int = DEFAULT_JACOBI_N,
     jacobi_costs: list[float] | None = None,
     jacobi_blocks: int = 1,
+    jacobi_progress: str | None = None,
     stop_strings: str | list[str] | None = None,
     **model_kwargs,
 ):
@@ -299,6 +309,12 @@ def jacobi_generate(
             With an integer `jacobi_n`: up to this many n-token blocks in flight (Jacobi Forcing's multi-block
             decoding). The next block joins the window once the first is 85 % accepted and iterates on the
             unconverged blocks before it; worth it for models trained with `recipe="jacobi_forcing"`.
+        jacobi_progress (`str`, *optional*):
+            In a batch with an integer `jacobi_n`: `"row"` lets each row commit its own accepted tokens every forward
+            (`RowPace`), so a batch keeps its rows' tokens per forward; `"shared"` moves the whole batch by the fewest
+            tokens any row accepted. `"row"` falls back to `"shared"` where it does not apply (`RowPace.applies`).
+            Default: `"row"` on an accelerator, `"shared"` on a CPU, where every row's full n-wide window costs
+            more time than the extra tokens save (measured in docs/benchmarks.md, "Batches").
     """
     if stop_strings:
         raise ValueError(
@@ -311,7 +327,9 @@ def jacobi_generate(
         streamer = _streamer_given_to_generate()
     block_size = resolve_jacobi_n(jacobi_n, generation_config) or DEFAULT_JACOBI_N
     auto = block_size == "auto"
-    _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks)
+    _check_options(
+        block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks, jacobi_progress
+    )
     _check_supported(model, generation_config, model_kwargs)
 
     batch_size, device = input_ids.shape[0], input_ids.device
@@ -339,9 +357,28 @@ def jacobi_generate(
     else:
         planner = FixedBlocks(block_size, opener)
     window, logits = input_ids[:, -1:], outputs.logits[:, -1:]
+    pace = None
+    # a `jacobi_init` callable reads the sequence in `generate`'s layout, which rows at their own pace do not have
+    fixed_blocks = not auto and jacobi_blocks == 1 and not record_states
+    if jacobi_progress is None:
+        jacobi_progress = "shared" if device.type == "cpu" else "row"
+    if jacobi_progress == "row" and fixed_blocks and not callable(jacobi_init):
+        if RowPace.applies(block_size, cache, model_kwargs, stopping, logits_processor, streamer, decoded):
+            pace = RowPace(decoded, stopping, block_size, opener)
+            if model_kwargs.get("attention_mask") is None:  # rows will be padded differently: they need one
+                model_kwargs["attention_mask"] = torch.ones_like(input_ids)
 
     with model._optimize_model_for_decode():  # what `_sample` does for decoding (e.g. MoE kernels)
-        while True:
+        while pace is not None:
+            prediction = rule.predict(logits, decoded.input_ids, window)
+            matches = rule.accepted_guesses(window, prediction)
+            settled = settle(window, prediction, matches, decoded.unfinished, decoded.input_ids, stopping)
+            window, model_kwargs = pace.step(decoded, settled, window, prediction, model, outputs, cache, model_kwargs)
+            if window is None:
+                break
+            outputs = _forward_window(model, outputs, window, model_kwargs)
+            logits = outputs.logits
+        while pace is None:
             recorder.forward(decoded.input_ids, window)
             # predict → settle: what this forward pass confirms, as tensors, then the step's one host sync
             prediction = rule.predict(logits, decoded.input_ids, window)
@@ -367,19 +404,165 @@ def jacobi_generate(
             layer.record_past = False
     if streamer is not None:
         streamer.end()
+    sequences = decoded.input_ids if pace is None else pace.sequences(decoded)
     if not generation_config.return_dict_in_generate:
-        return decoded.input_ids
+        return sequences
     return JacobiGenerateOutput(
-        sequences=decoded.input_ids,
+        sequences=sequences,
         scores=tuple(decoded.scores) if decoded.scores is not None else None,
         logits=tuple(decoded.logits) if decoded.logits is not None else None,
-        cache=cache,
+        cache=cache if pace is None else pace.cache_for(cache, decoded),
         num_forward_passes=decoded.num_forward_passes,
         num_new_tokens=decoded.num_new_tokens,
         tokens_per_forward=decoded.num_new_tokens / decoded.num_forward_passes.clamp(min=1),
-        iterations_per_block=None if auto or jacobi_blocks > 1 else recorder.per_row(),
+        iterations_per_block=None if auto or jacobi_blocks > 1 or pace is not None else recorder.per_row(),
         jacobi_states=recorder.states if record_states else None,
     )
+
+
+def _shift_right(tensor, shift, fill, dim: int = 1):
+    """Each row b of `tensor` moved `shift[b]` places right along `dim` (left if negative): what moves past an end
+    drops out, `fill` enters at the other."""
+    length = tensor.shape[dim]
+    source = torch.arange(length, device=tensor.device) - shift[:, None]  # [B, length]
+    shape = [tensor.shape[0]] + [1] * (tensor.dim() - 1)
+    shape[dim] = length
+    source = source.view(shape)
+    moved = tensor.gather(dim, source.clamp(0, length - 1).expand_as(tensor))
+    return moved.masked_fill((source < 0) | (source >= length), fill)
+
+
+class RowPace:
+    """Per-row progress in a batch: every forward, each row commits the tokens it accepted, not the batch minimum.
+
+    The rows still share one cache length. A row that accepted k of the window's K committed slots (K = the most any
+    row accepted) is moved K - k places right — its tokens, attention mask, position ids and KV — so every row ends
+    at the same slot; what moves in on the left is masked padding, and columns every row pads are cropped. Position
+    ids count each row's own tokens, so a row computes exactly what it would alone. Each row's next window is its
+    own: the predictions still unsettled after its accepted tokens, then fresh guesses from `jacobi_init`, n wide
+    (a row whose block reached its fixed point opens the next one while others iterate). New tokens are collected
+    per row and returned in `generate`'s layout (prompt, new tokens, padding after EOS).
+
+    It applies (`applies`) to batches with an integer n > 1 whose cache layers are all full-attention
+    `DynamicLayer`s (a sliding-window layer would drop a row's older tokens when the row is moved), whose model
+    takes position ids, with stopping by EOS and max length only, processors that never read the prefix (the
+    sampling warpers), a named `jacobi_init` (a callable reads the sequence in `generate`'s layout), and no
+    streamer, scores or logits to return; elsewhere the batch moves together.
+    """
+
+    def __init__(self, decoded: DecodedSequences, stopping: Stopping, block_size: int, opener):
+        batch, device = decoded.input_ids.shape[0], decoded.input_ids.device
+        self.block_size, self.opener, self.stopping = block_size, opener, stopping
+        self.prompt = decoded.input_ids
+        self.limit = stopping.max_length - self.prompt.shape[1]  # new tokens a row may make
+        self.fill = stopping.pad if stopping.pad is not None else torch.tensor(0, device=device)
+        # each row's new tokens, left-aligned (the extra columns take a window's tail, overwritten later)
+        self.generated = self.fill.expand(batch, max(self.limit, 0) + block_size + 1).clone()
+        self.leading = torch.zeros(batch, dtype=torch.long, device=device)  # padding columns on each row's left
+
+    @staticmethod
+    def applies(block_size, cache, model_kwargs, stopping, logits_processor, streamer, decoded) -> bool:
+        from transformers.cache_utils import DynamicLayer
+
+        return (
+            isinstance(block_size, int) and block_size > 1 and decoded.input_ids.shape[0] > 1
+            and all(type(layer) is DynamicLayer for layer in cache.layers)
+            and model_kwargs.get("position_ids") is not None and model_kwargs["position_ids"].dim() == 2
+            and not any(key in model_kwargs for key in ("token_type_ids", "mm_token_type_ids"))
+            and not stopping.stepwise and stopping.max_length is not None
+            and all(type(processor) in _PREFIX_FREE for processor in logits_processor)
+            and streamer is None and decoded.scores is None and decoded.logits is None
+        )  # fmt: skip
+
+    def step(self, decoded, settled: Settled, window, prediction: Prediction, model, outputs, cache, model_kwargs):
+        """Commit what each row accepted, realign the rows and the cache, and return (the next window or None when
+        every row has stopped, the model kwargs)."""
+        length = window.shape[1]
+        positions = torch.arange(length, device=window.device)
+        unfinished = decoded.unfinished
+        counts = torch.minimum(settled.row_accepted, self.limit - decoded.num_new_tokens)
+        # a stopped row takes as much as the furthest running row: it never needs moving
+        counts = torch.where(unfinished, counts, torch.where(unfinished, counts, 1).max())
+        live_before = torch.cat([unfinished[:, None], settled.unfinished_after[:, :-1]], dim=1)
+        live = live_before & (positions < counts[:, None])  # the row's new tokens in this window
+        made = decoded.num_new_tokens + live.sum(-1)
+        at_end = settled.unfinished_after.gather(1, (counts - 1).clamp(min=0)[:, None])[:, 0]
+        still = unfinished & at_end & (made < self.limit)
+        index = decoded.num_new_tokens[:, None] + positions
+        self.generated.scatter_(1, index, torch.where(live, settled.emitted, self.fill))
+        decoded.num_forward_passes += unfinished
+        decoded.num_new_tokens, decoded.unfinished = made, still
+        shift = counts.max() - counts
+        leading = self.leading + shift
+        room = torch.where(still, self.limit - made, 0).max()
+        # the step's one host sync
+        keep, fewest, moved, crop, room = torch.stack(
+            [counts.max(), counts.min(), shift.max(), leading.min(), room]
+        ).tolist()
+        decoded.input_ids = torch.cat([decoded.input_ids, settled.emitted[:, :keep]], dim=1)
+        cache.crop(-(length - keep))
+        model_kwargs = model._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=keep
+        )
+        if moved:
+            decoded.input_ids = _shift_right(decoded.input_ids, shift, self.fill)
+            model_kwargs["attention_mask"] = _shift_right(model_kwargs["attention_mask"], shift, 0)
+            model_kwargs["position_ids"] = _shift_right(model_kwargs["position_ids"], shift, 0)
+            for layer in cache.layers:
+                layer.keys = _shift_right(layer.keys, shift, 0.0, dim=2)
+                layer.values = _shift_right(layer.values, shift, 0.0, dim=2)
+        self.leading = leading
+        if crop:  # columns that are padding in every row
+            decoded.input_ids = decoded.input_ids[:, crop:]
+            model_kwargs["attention_mask"] = model_kwargs["attention_mask"][:, crop:]
+            model_kwargs["position_ids"] = model_kwargs["position_ids"][:, crop:]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, crop:], layer.values[:, :, crop:]
+            self.leading = self.leading - crop
+        if room <= 0:  # every row has stopped
+            return None, model_kwargs
+        if isinstance(self.opener, NgramGuesses):  # the n-grams predicted after what every row accepted
+            self.opener.observe(window, prediction.tokens, fewest)
+        guesses = self._next_guesses(decoded, model_kwargs["attention_mask"], prediction.tokens, counts,
+                                     min(self.block_size - 1, room - 1))  # fmt: skip
+        if self.stopping.pad is not None:  # stopped rows feed padding, as in `_sample`
+            guesses = torch.where(decoded.unfinished[:, None], guesses, self.stopping.pad)
+        return torch.cat([decoded.input_ids[:, -1:], guesses], dim=1), model_kwargs
+
+    def _next_guesses(self, decoded, attention_mask, pred, counts, width: int):
+        """Per row: its predictions after the tokens it accepted (still unsettled: the Jacobi iteration), then fresh
+        guesses from `jacobi_init`, made for the context those predictions extend."""
+        if width <= 0:
+            return decoded.input_ids[:, :0]
+        length = pred.shape[1]
+        leftover = length - counts  # predictions at and after position counts [B]
+        context, context_mask = decoded.input_ids, attention_mask
+        if isinstance(self.opener, NgramGuesses):  # n-grams continue the context extended by those predictions
+            tail, tail_mask = _shift_right(pred, -counts, self.fill), _shift_right(torch.ones_like(pred), -counts, 0)
+            context = _shift_right(torch.cat([context, tail], dim=1), counts, self.fill)
+            context_mask = _shift_right(torch.cat([context_mask, tail_mask], dim=1), counts, 0)
+        fresh = self.opener(context, context_mask, width)
+        j = torch.arange(width, device=pred.device)[None, :]
+        index = torch.where(j < leftover[:, None], counts[:, None] + j, length + j - leftover[:, None])
+        return torch.cat([pred, fresh], dim=1).gather(1, index)
+
+    def sequences(self, decoded) -> torch.LongTensor:
+        """The batch in `generate`'s layout: each prompt as given, its new tokens, padding after an early EOS."""
+        width = int(decoded.num_new_tokens.max())
+        return torch.cat([self.prompt, self.generated[:, :width]], dim=1)
+
+    def cache_for(self, cache, decoded):
+        """The cache in `generate`'s layout (all of the returned sequences but the last token), to continue from:
+        rows end aligned, so only columns of padding may be missing on the left. None when rows made different
+        numbers of tokens: `generate` would have run the padding after an early EOS through the model."""
+        fewest, most = torch.stack([decoded.num_new_tokens.min(), decoded.num_new_tokens.max()]).tolist()
+        if fewest != most:
+            return None
+        missing = self.prompt.shape[1] + most - 1 - cache.get_seq_length()
+        for layer in cache.layers:
+            layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, missing, 0))
+            layer.values = torch.nn.functional.pad(layer.values, (0, 0, missing, 0))
+        return cache
 
 
 def _streamer_given_to_generate():

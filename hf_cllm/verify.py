@@ -189,6 +189,7 @@ class Settled(NamedTuple):
     unfinished_after: torch.BoolTensor
     accepted: torch.LongTensor
     all_stopped_at: torch.LongTensor
+    row_accepted: torch.LongTensor | None = None  # [B]: what each row alone accepts (per-row progress)
 
     def decide(self, sequence_length: int, max_length: int | None) -> tuple[int, bool]:
         """How many window tokens to commit, and whether decoding stops after them: the step's one host sync."""
@@ -205,5 +206,5 @@ def settle(window, prediction: Prediction, matches, unfinished, input_ids, stopp
     if stopping.pad is not None:
         # A row padded from position j on does not care whether its guesses after j were right.
         matches = torch.where(_first_true(~unfinished_after, length) <= matches, length - 1, matches)
-    accepted = matches.min() + 1  # rows share one cache length, so the batch moves at its slowest row's pace
-    return Settled(emitted, unfinished_after, accepted, _first_true(~unfinished_after.any(0), length))
+    accepted = matches.min() + 1  # with one shared cache length the batch moves at its slowest row's pace
+    return Settled(emitted, unfinished_after, accepted, _first_true(~unfinished_after.any(0), length), matches + 1)

@@ -132,3 +132,18 @@ def held_out_prompts(toy_tokenizer, toy_prompts):
         return [tokenizer(text)["input_ids"] for text in toy_prompts(count, seed=99)]
 
     return held_out_prompts
+
+
+@pytest.fixture(scope="session")
+def consistency_toy_model(toy_trajectories, toy_model, toy_tokenizer, tmp_path_factory):
+    """The toy model after 400 steps of consistency training on its own trajectories (TPF ~3 at n = toy.JACOBI_N)."""
+    from hf_cllm import CLLMConfig, CLLMTrainer
+
+    model = toy_model()
+    args = CLLMConfig(
+        output_dir=str(tmp_path_factory.mktemp("consistency_toy")), jacobi_n=toy.JACOBI_N, use_cpu=True,
+        report_to="none", save_strategy="no", disable_tqdm=True, per_device_train_batch_size=8, max_steps=400,
+        learning_rate=2e-3, lr_scheduler_type="constant", logging_steps=100, seed=0,
+    )  # fmt: skip
+    CLLMTrainer(model=model, args=args, train_dataset=toy_trajectories, processing_class=toy_tokenizer()).train()
+    return model.eval()

@@ -66,9 +66,11 @@ def test_sliding_window_layers_past_the_window(arch, tiny_model):
     max_new_tokens=st.integers(1, 40),
     eos_position=st.one_of(st.none(), st.integers(0, 39)),
     with_mask=st.booleans(),
+    progress=st.sampled_from(["row", "shared"]),
     seed=st.integers(0, 1000),
 )
-def test_identical_property(arch, lengths, jacobi_n, max_new_tokens, eos_position, with_mask, seed, tiny_model):
+def test_identical_property(arch, lengths, jacobi_n, max_new_tokens, eos_position, with_mask, progress, seed,
+                            tiny_model):  # fmt: skip
     model = tiny_model(arch)
     input_ids, attention_mask = random_prompts(len(lengths), lengths, seed=seed)
     if not with_mask:  # no mask at all: every row is unpadded
@@ -78,7 +80,8 @@ def test_identical_property(arch, lengths, jacobi_n, max_new_tokens, eos_positio
         eos = eos_from_reference(model, input_ids, attention_mask, eos_position, max_new_tokens)
     kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos)
     expected = greedy(model, input_ids, attention_mask, **kwargs)
-    assert torch.equal(jacobi(model, input_ids, attention_mask, jacobi_n=jacobi_n, **kwargs), expected)
+    got = jacobi(model, input_ids, attention_mask, jacobi_n=jacobi_n, jacobi_progress=progress, **kwargs)
+    assert torch.equal(got, expected)
 
 
 def test_left_padded_row_equals_its_unpadded_run(tiny_model):

@@ -107,14 +107,16 @@ SETTINGS = {
 }
 
 
+@pytest.mark.parametrize("progress", ["row", "shared"])
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_jacobi_sampling_has_the_exact_distribution(peaked_model, name):
+def test_jacobi_sampling_has_the_exact_distribution(peaked_model, name, progress):
     settings, prompts, jacobi_n = SETTINGS[name]
     eos = settings.get("eos_token_id")
     exact = [exact_distribution(peaked_model, list(p), {k: v for k, v in settings.items() if k != "eos_token_id"},
                                 eos) for p in prompts]  # fmt: skip
     stock = sample_counts(peaked_model, prompts, settings, seed=1)
-    jacobi = sample_counts(peaked_model, prompts, settings, seed=2, custom_generate=jacobi_generate, jacobi_n=jacobi_n)
+    jacobi = sample_counts(peaked_model, prompts, settings, seed=2, custom_generate=jacobi_generate, jacobi_n=jacobi_n,
+                           jacobi_progress=progress)  # the rows of one batch: per-row or shared progress
     for probabilities, control, counts in zip(exact, stock, jacobi):
         assert chi_square_p_value(control, probabilities, SAMPLES) > 1e-3  # the control: stock sampling fits
         assert chi_square_p_value(counts, probabilities, SAMPLES) > 1e-3, name
