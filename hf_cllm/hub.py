@@ -59,8 +59,8 @@ or `"auto"`: before each forward, greedy / n-gram check / Jacobi block, whicheve
 (prompt lookup), or `fn(input_ids, k)` |
 | `jacobi_max_n` | 16 | with `"auto"`: the longest window |
 | `jacobi_blocks` | 1 | blocks in flight at once (multi-block decoding, for models trained with Jacobi Forcing) |
-| `jacobi_progress` | `"row"` on a GPU, `"shared"` on a CPU | in a batch, each row commits its own accepted tokens every forward \
-(`"shared"`: the batch moves by its slowest row) |
+| `jacobi_progress` | `"row"` on a GPU, `"shared"` on a CPU | in a batch, each row commits its own accepted \
+tokens every forward (`"shared"`: the batch moves by its slowest row) |
 | `jacobi_seed` | 0 | seed of the random guesses (results never depend on it, only speed) |
 | `jacobi_return_states` | False | also return every Jacobi state of every block (`jacobi_states`) |
 
