@@ -492,13 +492,12 @@ class RowPace:
         self.generated.scatter_(1, index, torch.where(live, settled.emitted, self.fill))
         decoded.num_forward_passes += unfinished
         decoded.num_new_tokens, decoded.unfinished = made, still
-        shift = counts.max() - counts
+        most = counts.max()
+        shift = most - counts
         leading = self.leading + shift
         room = torch.where(still, self.limit - made, 0).max()
         # the step's one host sync
-        keep, fewest, moved, crop, room = torch.stack(
-            [counts.max(), counts.min(), shift.max(), leading.min(), room]
-        ).tolist()
+        keep, fewest, moved, crop, room = torch.stack([most, counts.min(), shift.max(), leading.min(), room]).tolist()
         decoded.input_ids = torch.cat([decoded.input_ids, settled.emitted[:, :keep]], dim=1)
         cache.crop(-(length - keep))
         model_kwargs = model._update_model_kwargs_for_generation(

@@ -189,7 +189,7 @@ class Settled(NamedTuple):
     unfinished_after: torch.BoolTensor
     accepted: torch.LongTensor
     all_stopped_at: torch.LongTensor
-    row_accepted: torch.LongTensor | None = None  # [B]: what each row alone accepts (per-row progress)
+    row_accepted: torch.LongTensor  # [B]: what each row alone accepts (per-row progress)
 
     def decide(self, sequence_length: int, max_length: int | None) -> tuple[int, bool]:
         """How many window tokens to commit, and whether decoding stops after them: the step's one host sync."""

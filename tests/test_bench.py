@@ -302,6 +302,7 @@ SCHEMA = {
         [-1, "*"], [0, "Singer_ID"], [0, "Name"], [0, "Age"], [0, "Country"], [1, "Concert_ID"], [1, "Year"],
         [2, "Concert_ID"], [2, "Singer_ID"],
     ],
+    "foreign_keys": [[8, 1], [7, 5]],  # singer_in_concert.Singer_ID -> singer, .Concert_ID -> concert
 }  # fmt: skip
 
 

@@ -11,19 +11,11 @@ import re
 
 import pytest
 import spider_official
+from test_bench import SCHEMA  # concert_singer, with its foreign keys
 
 from hf_cllm.bench import spider_sql
 
 
-SCHEMA = {
-    "db_id": "concert_singer",
-    "table_names_original": ["singer", "concert", "singer_in_concert"],
-    "column_names_original": [
-        [-1, "*"], [0, "Singer_ID"], [0, "Name"], [0, "Age"], [0, "Country"], [1, "Concert_ID"], [1, "Year"],
-        [2, "Concert_ID"], [2, "Singer_ID"],
-    ],
-    "foreign_keys": [[8, 1], [7, 5]],  # singer_in_concert.Singer_ID -> singer, .Concert_ID -> concert
-}  # fmt: skip
 JOIN = "FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id"
 
 

@@ -496,9 +496,10 @@ def partial_match(predicted: dict, gold: dict) -> dict[str, bool]:
     }
 
 
-def exact_match_parsed(predicted: dict, gold: dict) -> bool:
-    """Official exact match of two normalised queries: every component, then the FROM tables as a multiset."""
-    if not all(partial_match(predicted, gold).values()):
+def exact_match_parsed(predicted: dict, gold: dict, parts: dict[str, bool] | None = None) -> bool:
+    """Official exact match of two normalised queries: every component (`parts`, when already computed), then the
+    FROM tables as a multiset."""
+    if not all((parts or partial_match(predicted, gold)).values()):
         return False
     return not gold["from"]["table_units"] or _same_multiset(
         predicted["from"]["table_units"], gold["from"]["table_units"]
@@ -516,5 +517,5 @@ def evaluate_item(predicted: str, gold: str, schema: Schema, keep_distinct: bool
         predicted_sql, parsed = empty_sql(), False
     p, g = normalise(predicted_sql, schema, keep_distinct), normalise(gold_sql, schema, keep_distinct)
     parts = partial_match(p, g)
-    exact = all(parts.values()) and exact_match_parsed(p, g)
+    exact = exact_match_parsed(p, g, parts)
     return {"exact": exact, "hardness": level, "parts": parts, "parsed": parsed}
