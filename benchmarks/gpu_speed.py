@@ -14,6 +14,12 @@ No downloads: the models are random-weight Llama models built from configs of re
     is what that TPF buys through this decoding loop, its per-step overhead included. At batch 1 and 8
     (`--batches`); tokens/s counts every row's new tokens. Outputs are checked identical to greedy.
 
+(c) **the same, compiled**: greedy and Jacobi both with `cache_implementation="static"` and the forward compiled
+    (`compile_config`, as `generate` compiles on a GPU; `_compile_all_devices` forces it on a CPU). Jacobi pads its
+    windows to n so one graph serves every step. Each window width is one more graph to compile (inductor: tens of
+    seconds each), so (c) runs for `--compiled-shapes` (default: the first shape), `--compiled-batches` and
+    `--compiled-tpfs`; every compiled run is repeated once untimed first, so compilation is not timed.
+
 A model that reaches TPF t with a wider window W pays cost(W) from (a) per forward instead of cost(t): its speed is
 about t / cost(W) of greedy's, less the overhead (b) shows. Prints Markdown tables and writes `--json`.
 """
@@ -28,7 +34,7 @@ import time
 
 import torch
 import transformers
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import CompileConfig, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from hf_cllm.decoding import jacobi_generate
 from hf_cllm.speed import count_forwards
@@ -100,24 +106,39 @@ def timed(model, inputs, **kwargs):
     return (out.sequences if hasattr(out, "sequences") else out), seconds, calls[0]
 
 
-def speed_vs_tpf(model, batch: int, prompt_length: int, new_tokens: int, tpfs, repeats: int) -> list[dict]:
+def compiling(backend: str) -> CompileConfig:
+    """What `generate` compiles with on a GPU, forced on any device (transformers' own switch for that)."""
+    config = CompileConfig(backend=backend) if backend == "inductor" else CompileConfig(backend=backend, mode=None)
+    config._compile_all_devices = True
+    return config
+
+
+def speed_vs_tpf(model, batch: int, prompt_length: int, new_tokens: int, tpfs, repeats: int,
+                 compile_config: CompileConfig | None = None) -> list[dict]:  # fmt: skip
+    """Greedy, then Jacobi at each controlled TPF; with `compile_config`, both on a static cache, compiled."""
     ids = torch.randint(1, model.config.vocab_size, (batch, prompt_length), device=model.device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     common = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    timed(model, inputs, **{**common, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    # the warm-up: a short run; compiled, the full run (other lengths make another static cache: other shapes)
+    warm = {"max_new_tokens": 4, "min_new_tokens": 4}
+    suffix = ""
+    if compile_config is not None:
+        common.update(cache_implementation="static", compile_config=compile_config)
+        warm, suffix = {}, ", compiled"
+    timed(model, inputs, **{**common, **warm})
     greedy_runs = [timed(model, inputs, **common) for _ in range(repeats)]
     answer = greedy_runs[0][0]
     greedy_seconds = statistics.median(run[1] for run in greedy_runs)
-    rows = [{"batch": batch, "method": "greedy", "window": 1, "tpf": 1.0, "seconds": greedy_seconds,
+    rows = [{"batch": batch, "method": "greedy" + suffix, "window": 1, "tpf": 1.0, "seconds": greedy_seconds,
              "tokens_per_s": batch * new_tokens / greedy_seconds, "speedup": 1.0, "identical": True}]  # fmt: skip
     for tpf in tpfs:
         guess = oracle_guesses(answer, tpf - 1, model.config.vocab_size)
         kwargs = dict(common, custom_generate=jacobi_generate, jacobi_n=tpf, jacobi_init=guess)
-        timed(model, inputs, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        timed(model, inputs, **{**kwargs, **warm})
         runs = [timed(model, inputs, **kwargs) for _ in range(repeats)]
         seconds = statistics.median(run[1] for run in runs)
         rows.append({
-            "batch": batch, "method": f"jacobi n={tpf}", "window": tpf, "tpf": new_tokens / runs[0][2],
+            "batch": batch, "method": f"jacobi n={tpf}{suffix}", "window": tpf, "tpf": new_tokens / runs[0][2],
             "seconds": seconds, "tokens_per_s": batch * new_tokens / seconds, "speedup": greedy_seconds / seconds,
             "identical": all(torch.equal(run[0], answer) for run in runs),
         })  # fmt: skip
@@ -133,6 +154,10 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--tpfs", type=int, nargs="+", default=[1, 2, 3, 4, 6])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--compiled-shapes", nargs="*", default=None, help="(c) for these (default: the first shape)")
+    parser.add_argument("--compiled-batches", type=int, nargs="+", default=[1])
+    parser.add_argument("--compiled-tpfs", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--compile-backend", default="inductor", help="`eager` checks the path without compiling")
     parser.add_argument("--prompt-length", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -141,6 +166,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    compiled_shapes = args.shapes[:1] if args.compiled_shapes is None else args.compiled_shapes
+    torch._dynamo.config.recompile_limit = 64  # every window width and batch is a graph of its own
     dtype = torch.bfloat16 if args.device != "cpu" else torch.float32
     dtype = getattr(torch, args.dtype) if args.dtype else dtype
     gpu = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None
@@ -161,6 +188,10 @@ def main(argv=None) -> int:
         rows = []
         for batch in args.batches:
             rows += speed_vs_tpf(model, batch, args.prompt_length, args.new_tokens, args.tpfs, args.repeats)
+        if shape in compiled_shapes:
+            for batch in args.compiled_batches:
+                rows += speed_vs_tpf(model, batch, args.prompt_length, args.new_tokens, args.compiled_tpfs,
+                                     args.repeats, compiling(args.compile_backend))  # fmt: skip
         print(f"Speed vs TPF ({args.new_tokens} new tokens per row, {args.prompt_length}-token prompts):\n")
         print("| batch | method | TPF | tokens/s | speedup vs greedy | identical |\n|---|---|---|---|---|---|")
         for row in rows:

@@ -356,7 +356,7 @@ def jacobi_generate(
         planner = MultiBlocks(block_size, jacobi_blocks, opener)
     else:
         planner = FixedBlocks(block_size, opener)
-    window, logits = input_ids[:, -1:], outputs.logits[:, -1:]
+    window, logits, forwarded = input_ids[:, -1:], outputs.logits[:, -1:], 1
     pace = None
     # a `jacobi_init` callable reads the sequence in `generate`'s layout, which rows at their own pace do not have
     fixed_blocks = not auto and jacobi_blocks == 1 and not record_states
@@ -368,6 +368,9 @@ def jacobi_generate(
             if model_kwargs.get("attention_mask") is None:  # rows will be padded differently: they need one
                 model_kwargs["attention_mask"] = torch.ones_like(input_ids)
 
+    # windows of fixed n are at most n wide per block in flight (`auto` varies its width: never compiled)
+    widest = None if auto else block_size * jacobi_blocks
+    forward = WindowForward(model, cache, generation_config, model_kwargs, widest)
     with model._optimize_model_for_decode():  # what `_sample` does for decoding (e.g. MoE kernels)
         while pace is not None:
             prediction = rule.predict(logits, decoded.input_ids, window)
@@ -387,7 +390,7 @@ def jacobi_generate(
             keep, stop = settled.decide(decoded.input_ids.shape[1], stopping.max_length)
             # commit → record
             decoded.commit(settled, keep, prediction)
-            model_kwargs = _keep_in_cache(model, outputs, cache, model_kwargs, window.shape[1], keep)
+            model_kwargs = _keep_in_cache(model, outputs, cache, model_kwargs, forwarded, keep)
             recorder.committed(decoded.input_ids, decoded.unfinished, block_done=keep == window.shape[1], stop=stop)
             if stop:
                 break
@@ -396,8 +399,7 @@ def jacobi_generate(
                 decoded.input_ids, model_kwargs.get("attention_mask"), window, prediction.tokens, keep
             )
             window = _next_window(decoded, guesses, stopping)
-            outputs = _forward_window(model, outputs, window, model_kwargs)
-            logits = outputs.logits
+            outputs, logits, forwarded = forward(outputs, window, model_kwargs, decoded.input_ids.shape[1] - 1)
 
     for layer in cache.layers:  # stop recording, as `generate` does before handing a cache back
         if hasattr(layer, "record_past"):
@@ -604,6 +606,12 @@ def _rollback_cache(model, outputs, needs_rollback: bool):
     if cache is None:
         raise ValueError(f"`jacobi_n` needs a KV cache, and {type(model).__name__} returned none. Drop `jacobi_n`.")
     # Some layers (linear attention) only know after their first update whether they can roll back.
+    if needs_rollback and not cache.is_croppable and cache.is_compileable and any(cache.is_sliding):
+        raise ValueError(
+            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's sliding-window layers "
+            f"in a {type(cache).__name__} longer than the window cannot. Drop `cache_implementation=\"static\"` "
+            f"(the default dynamic cache rolls back) or drop `jacobi_n`."
+        )
     if needs_rollback and not cache.is_croppable:
         raise ValueError(
             f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
@@ -639,7 +647,7 @@ def _window_timer(model, outputs, cache, input_ids, model_kwargs):
     return time_forward
 
 
-def _forward_window(model, outputs, window, model_kwargs):
+def _forward_window(model, outputs, window, model_kwargs, call=None):
     """One forward of the window over the cache. The model's own bookkeeping extends the mask, positions and token
     types over the window's guesses, as if they had been accepted."""
     kwargs = dict(model_kwargs)
@@ -650,4 +658,31 @@ def _forward_window(model, outputs, window, model_kwargs):
     model_inputs = model.prepare_inputs_for_generation(window, **kwargs)
     if "logits_to_keep" in model_inputs:
         model_inputs["logits_to_keep"] = window.shape[1]
-    return model(**model_inputs, return_dict=True)
+    return (call or model)(**model_inputs, return_dict=True)
+
+
+class WindowForward:
+    """The window forward of every decoding step, compiled where `generate` would compile its own decoding step: a
+    compilable cache (`cache_implementation="static"`) on an accelerator, or anywhere with
+    `compile_config._compile_all_devices` (never with `disable_compile`). Compiled windows are padded at the end to
+    one `width`, so one graph serves every step: the padding comes after every real token, so no real token
+    attends to it, and its KV lies past the kept sequence, where the next window overwrites it. A window that
+    would not fit the cache padded (the last steps before `max_length`) runs uncompiled at its own width."""
+
+    def __init__(self, model, cache, generation_config, model_kwargs, width: int | None):
+        self.model, self.width = model, None
+        if width is not None and model._valid_auto_compile_criteria(model_kwargs, generation_config):
+            self.compiled, self.width = model.get_compiled_call(generation_config.compile_config), width
+            self.capacity = min(length for layer in cache.layers if (length := layer.get_max_length()) > 0)
+
+    def __call__(self, outputs, window, model_kwargs, cached: int):
+        """(outputs, the window's logits, tokens forwarded: the window's length plus padding); `cached` is the
+        cache's length before the window."""
+        length = window.shape[1]
+        if self.width is None or length > self.width or cached + self.width > self.capacity:
+            outputs = _forward_window(self.model, outputs, window, model_kwargs)
+            return outputs, outputs.logits, length
+        padded = torch.cat([window, window[:, -1:].expand(-1, self.width - length)], dim=1)
+        outputs = _forward_window(self.model, outputs, padded, model_kwargs, self.compiled)
+        # a copy: the compiled call's outputs may be overwritten by its next run (CUDA graphs)
+        return outputs, outputs.logits[:, :length].clone(), self.width

@@ -31,15 +31,16 @@ def test_the_benchmark_sets_tpf_and_stays_lossless(tmp_path, capsys):
     out = tmp_path / "speed.json"
     argv = "--shapes tiny --device cpu --new-tokens 25 --prompt-length 8 --context 32 --windows 1 4 --tpfs 1 3 4"
     argv = argv.split() + ["--batches", "1", "3", "--repeats", "1", "--json", str(out)]
+    argv += "--compiled-batches 2 --compiled-tpfs 1 4 --compile-backend eager".split()  # (c): the path, uncompiled
     assert gpu_speed.main(argv) == 0
     rows = json.loads(out.read_text())["shapes"]["tiny"]["speed"]
-    jacobi = [row for row in rows if row["method"] != "greedy"]
-    assert len(jacobi) == 3 * 2 and all(row["identical"] for row in rows)
+    jacobi = [row for row in rows if not row["method"].startswith("greedy")]
+    assert len(jacobi) == 3 * 2 + 2 and all(row["identical"] for row in rows)
     for row in jacobi:  # the prefill gives the first token, then every forward accepts n
         n = row["window"]
         assert row["tpf"] == 25 / (1 + math.ceil(24 / n)), row
     printed = capsys.readouterr().out
-    assert "| 3 | jacobi n=4 |" in printed and "× 1 token" in printed
+    assert "| 3 | jacobi n=4 |" in printed and "| 2 | jacobi n=4, compiled |" in printed and "× 1 token" in printed
 
 
 def test_the_batch_benchmark_runs_every_method_losslessly(tmp_path, capsys):
