@@ -280,7 +280,8 @@ def jacobi_generate(
     or through [`JacobiGenerationMixin`] / [`enable_jacobi`], which also take care of what `generate` does not hand
     to a plain callable: the tokenizer of `stop_strings` (on a plain model pass
     `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, stop_strings)])`; `stop_strings` alone is
-    refused with that fix). A `streamer` given to `generate` is picked up either way.
+    refused with that fix). A `streamer` given to `generate` is picked up either way. With
+    `cache_implementation="static"` the window forward is compiled where `generate` compiles its own (`WindowForward`).
 
     Args:
         jacobi_n (`int` or `"auto"`, *optional*):
