@@ -606,18 +606,14 @@ def _rollback_cache(model, outputs, needs_rollback: bool):
     cache = outputs.get("cache")
     if cache is None:
         raise ValueError(f"`jacobi_n` needs a KV cache, and {type(model).__name__} returned none. Drop `jacobi_n`.")
-    # Some layers (linear attention) only know after their first update whether they can roll back.
-    if needs_rollback and not cache.is_croppable and cache.is_compileable and any(cache.is_sliding):
-        raise ValueError(
-            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's sliding-window layers "
-            f"in a {type(cache).__name__} longer than the window cannot. Drop `cache_implementation=\"static\"` "
-            f"(the default dynamic cache rolls back) or drop `jacobi_n`."
-        )
     if needs_rollback and not cache.is_croppable:
-        raise ValueError(
-            f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and this model's "
-            f"{type(cache).__name__} cannot. Drop `jacobi_n` for this model."
-        )
+        # Some layers (linear attention) only know after their first update whether they can roll back.
+        if cache.is_compileable and any(cache.is_sliding):
+            fix = "Drop `cache_implementation=\"static\"` (the default dynamic cache rolls back) or drop `jacobi_n`."
+            why = f"this model's sliding-window layers in a {type(cache).__name__} longer than the window cannot"
+        else:
+            fix, why = "Drop `jacobi_n` for this model.", f"this model's {type(cache).__name__} cannot"
+        raise ValueError(f"`jacobi_n` needs a KV cache that can roll back rejected guesses, and {why}. {fix}")
     # Sliding-window layers drop old states on update; recording keeps them until `crop`, so rejected guesses can be
     # rolled back (as assisted decoding does).
     cache.activate_past_recording()
