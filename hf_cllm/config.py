@@ -57,7 +57,8 @@ class CLLMConfig(SFTConfig):
         distance (`str`, *optional*, defaults to `"forward_kl"`):
             Distance between the two next-token distributions: `"forward_kl"` = KL(target ‖ model), the gradient of the
             paper's soft cross-entropy; `"reverse_kl"` = KL(model ‖ target); `"jsd"`: generalised Jensen–Shannon
-            divergence with weight `jsd_beta`.
+            divergence with weight `jsd_beta`; `"hard_ce"`: cross-entropy to the target's most likely token (what
+            Jacobi acceptance checks), not its whole distribution.
         jsd_beta (`float`, *optional*, defaults to `0.5`):
             Interpolation weight of `"jsd"`, strictly between 0 and 1.
         first_divergence_mask (`bool`, *optional*, defaults to `True`):
@@ -122,7 +123,10 @@ class CLLMConfig(SFTConfig):
     )
     distance: str = field(
         default="forward_kl",
-        metadata={"help": "Distance between distributions: 'forward_kl' (paper), 'reverse_kl' or 'jsd'."},
+        metadata={
+            "help": "Distance between distributions: 'forward_kl' (paper), 'reverse_kl', 'jsd' or 'hard_ce' (to the "
+            "target's top token)."
+        },
     )
     jsd_beta: float = field(default=0.5, metadata={"help": "Interpolation weight of the 'jsd' distance, in (0, 1)."})
     first_divergence_mask: bool = field(

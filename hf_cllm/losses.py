@@ -4,7 +4,8 @@
   it keeps the model's greedy quality.
 - Consistency loss: the student's next-token distributions on an intermediate Jacobi state are pulled towards the
   distributions the same model gives on the fixed point (stop-gradient), so that it predicts the fixed point from a
-  noisy block. The paper uses forward KL (soft cross-entropy, same gradient); reverse KL and JSD are alternatives.
+  noisy block. The paper uses forward KL (soft cross-entropy, same gradient); reverse KL and JSD are alternatives, and
+  `hard_ce` (cross-entropy to the target's top token) asks only what Jacobi acceptance checks: the same argmax.
 
 Both average over the positions that count (`mask`), normalised by `num_items_in_batch` when the trainer passes it
 (gradient accumulation over batches of different sizes). Jacobi Forcing normalises its consistency term per pair
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 
-DISTANCES = ("forward_kl", "reverse_kl", "jsd")
+DISTANCES = ("forward_kl", "reverse_kl", "jsd", "hard_ce")
 
 
 def ar_loss(logits, labels, label_smoothing: float = 0.0, num_items_in_batch=None, ignore_index: int = -100):
@@ -53,7 +54,8 @@ def consistency_loss(
     student_logits, teacher_logits: `(B, T, V)`; the teacher side is detached here (stop-gradient). mask: `(B, T)`.
     `forward_kl` = KL(teacher || student), the paper's soft cross-entropy up to the teacher's entropy;
     `reverse_kl` = KL(student || teacher); `jsd` = beta·KL(teacher || M) + (1-beta)·KL(student || M),
-    M = beta·teacher + (1-beta)·student.
+    M = beta·teacher + (1-beta)·student; `hard_ce` = −log student(argmax teacher): a soft KL can also fall by
+    flattening both distributions, while acceptance needs only the top token to agree.
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
@@ -63,6 +65,8 @@ def consistency_loss(
         per_position = _kl(teacher, student)
     elif distance == "reverse_kl":
         per_position = _kl(student, teacher)
+    elif distance == "hard_ce":
+        per_position = -student.gather(-1, teacher.argmax(-1, keepdim=True)).squeeze(-1)
     else:
         if not 0 < beta < 1:
             raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")

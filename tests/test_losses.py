@@ -42,6 +42,18 @@ def test_forward_and_reverse_kl_closed_form():
     torch.testing.assert_close(consistency_loss(student, teacher, mask, "reverse_kl"), torch.tensor(reverse))
 
 
+def test_hard_ce_is_cross_entropy_to_the_targets_top_token():
+    torch.manual_seed(2)
+    student, teacher = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    per_position = F.cross_entropy(student.flatten(0, 1), teacher.argmax(-1).flatten(), reduction="none")
+    expected = (per_position * mask.flatten()).sum() / mask.sum()
+    torch.testing.assert_close(consistency_loss(student, teacher, mask, "hard_ce"), expected)
+    # Only the top token matters: a flatter teacher with the same argmax is the same target.
+    flatter = teacher / 10
+    torch.testing.assert_close(consistency_loss(student, flatter, mask, "hard_ce"), expected)
+
+
 def test_jsd_is_symmetric_at_half_and_bounded_by_log2():
     torch.manual_seed(1)
     a, b, mask = torch.randn(2, 4, 9), torch.randn(2, 4, 9), torch.ones(2, 4)

@@ -521,7 +521,7 @@ def test_train_command_line_errors(toy_folders, tmp_path, capsys):
         ("--trajectories", str(tmp_path / "garbage.parquet")): "garbage.parquet is not a readable parquet file",
         ("--trajectories", str(damaged)): "is not a readable parquet file",
         ("--trajectories", str(empty)): "holds no collected trajectories",
-        ("--distance", "l2", *data): "distance must be one of 'forward_kl', 'reverse_kl', 'jsd'; got 'l2'",
+        ("--distance", "l2", *data): "distance must be one of 'forward_kl', 'reverse_kl', 'jsd', 'hard_ce'; got 'l2'",
         ("--no_such_flag", "3", *data): "not used by the HfArgumentParser: ['--no_such_flag', '3']",
     }
     for arguments, message in cases.items():
