@@ -8,9 +8,9 @@ Per GSM8K test question, back to back at batch 1 (fp32, 256 new tokens): the bas
 `"auto"`. Forward passes are counted by a hook; outputs are checked against the same model's greedy output. Quality:
 GSM8K accuracy, degenerate answers, agreement with the base's greedy answers, and the mean NLL per token of the
 base's greedy answers under each model. Every question is one line of `<output-dir>/items.jsonl` (rerun to resume).
-Writes `<results>_forcing.json` with every figure, adds `base_auto` and `jacobi_forcing` (the best trained model with
-its best decoding) to `<results>.json`, and plots held-out TPF over training for these runs and the CLLM runs
-already in `<results>.json` into `<results>_forcing_tpf_over_steps.png`.
+Writes `<results>_<tag>.json` with every figure, adds `base_auto` and `jacobi_forcing` (the best trained model with
+its best decoding) to `<results>.json` and these runs' held-out TPF over training to its `forcing_curves`, and plots
+those curves beside the CLLM runs' into `<results>_forcing_tpf_over_steps.png`.
 """
 
 from __future__ import annotations
@@ -91,10 +91,13 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=None, help="GSM8K test jsonl (default: Hub, or the offline package)")
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2], help="jacobi_blocks values for n=16")
+    parser.add_argument(
+        "--blocks", type=int, nargs="*", default=[1, 2], help="jacobi_blocks values for n=16 (none: only greedy, auto)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", default="runs/gsm8k/forcing_eval")
     parser.add_argument("--results", default="docs/results", help="reads/updates <results>.json")
+    parser.add_argument("--tag", default="forcing", help="this run's figures go to <results>_<tag>.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     base_path = resolve_model_path(args.base)
@@ -142,19 +145,19 @@ def main(argv=None) -> int:
                       f"{f['speedup']:.2f}x | {f['speedup_vs_base_auto']:.2f}x | {f['identical']}/{f['items']} | "
                       f"{f['degenerate']}/{f['items']} |")  # fmt: skip
         print(f"| {name} | NLL of the base's greedy answers | {entry['nll_of_base_answers']:.3f} per token |")
-    write(summary, Path(args.results))
+    write(summary, Path(args.results), args.tag)
     return 0
 
 
-def write(summary: dict, stem: Path) -> None:
-    """`<stem>_forcing.json`, the new top-level entries of `<stem>.json`, and the TPF-over-steps plot."""
+def write(summary: dict, stem: Path, tag: str) -> None:
+    """`<stem>_<tag>.json`, the new top-level entries and curves of `<stem>.json`, and the TPF-over-steps plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stem.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{stem}_forcing.json").write_text(json.dumps(summary, indent=2) + "\n")
+    Path(f"{stem}_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
     fields = ("accuracy", "tpf", "tokens_per_s", "speedup")
     trained = [(name, method, f) for name, entry in summary["models"].items() if name != "base"
                for method, f in entry.items() if isinstance(f, dict) and method != "AR"]  # fmt: skip
@@ -163,6 +166,8 @@ def write(summary: dict, stem: Path) -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["base_auto"] = {k: summary["models"]["base"]["auto"][k] for k in fields}
     results["jacobi_forcing"] = {k: best[k] for k in fields} | {"run": name, "decoding": method}
+    curves = results.setdefault("forcing_curves", {})
+    curves.update({run: e["tpf_over_steps"] for run, e in summary["models"].items() if e["tpf_over_steps"]})
     results_path.write_text(json.dumps(results, indent=2) + "\n")
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -171,11 +176,9 @@ def write(summary: dict, stem: Path) -> None:
             axis.plot(
                 [p["step"] for p in curve], [p["tpf"] for p in curve], marker="o", label=f"CLLM recipe ({label})"
             )
-    for label, entry in summary["models"].items():
-        curve = entry.get("tpf_over_steps")
-        if curve:
-            axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="s", label=label)
-    axis.set_xlabel("training step (batch 1, same 248 questions)")
+    for label, curve in curves.items():
+        axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="s", label=label)
+    axis.set_xlabel("training step (batch 1, one epoch of 248–264 questions)")
     axis.set_ylabel("TPF, n=16 (4 held-out prompts)")
     axis.set_title("CLLM vs Jacobi Forcing recipe, equal compute")
     axis.legend(fontsize=8)
