@@ -34,6 +34,18 @@ def is_degenerate(tokens: list[int]) -> bool:
     return longest >= 10 or (len(tokens) >= 40 and len(set(tokens[-40:])) <= 4)
 
 
+def repeated_share(tokens: list[int], n: int = 8) -> float:
+    """Share of an answer's tokens inside an n-gram that already occurred earlier in it: phrase-level loops (a line
+    said again and again), which `is_degenerate` misses and which n-gram guessing decodes fast."""
+    seen, covered = set(), [False] * len(tokens)
+    for start in range(len(tokens) - n + 1):
+        gram = tuple(tokens[start : start + n])
+        if gram in seen:
+            covered[start : start + n] = [True] * n
+        seen.add(gram)
+    return sum(covered) / max(len(tokens), 1)
+
+
 def load(path: str, base: str):
     """A model folder, or a LoRA adapter folder merged into `base`; with Jacobi decoding enabled (n=16)."""
     path = resolve_model_path(path)

@@ -6,8 +6,9 @@
 Per GSM8K test question, back to back at batch 1 (fp32, 256 new tokens): the base model's greedy AR and
 `jacobi_n="auto"`; then for every trained model its greedy AR, Jacobi n=16 with each `--blocks` value, and
 `"auto"`. Forward passes are counted by a hook; outputs are checked against the same model's greedy output. Quality:
-GSM8K accuracy, degenerate answers, agreement with the base's greedy answers, and the mean NLL per token of the
-base's greedy answers under each model. Every question is one line of `<output-dir>/items.jsonl` (rerun to resume).
+GSM8K accuracy, degenerate answers, looping answers (>= 30 % of tokens in an 8-gram said before; their TPF comes
+from copying, so TPF is also given without them), and the mean NLL per token of the base's greedy answers under each
+model. Every question is one line of `<output-dir>/items.jsonl` (rerun to resume).
 Writes `<results>_<tag>.json` with every figure, adds `base_auto` and `jacobi_forcing` (the best trained model with
 its best decoding) to `<results>.json` and these runs' held-out TPF over training to its `forcing_curves`, and plots
 those curves beside the CLLM runs' into `<results>_forcing_tpf_over_steps.png`.
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from compare import is_degenerate, load, tpf_curve
+from compare import is_degenerate, load, repeated_share, tpf_curve
 from transformers import AutoTokenizer
 
 from hf_cllm.bench import get_benchmark
@@ -65,6 +66,9 @@ def measure(models: dict, prompt: list[int], row: dict, blocks: list[int], max_n
     return record
 
 
+LOOPING = 0.3  # an answer with this share of its tokens in repeated 8-grams is counted as looping
+
+
 def summarise(items: list[dict], name: str, method: str, tokenizer, rows: list[dict]) -> dict:
     """A method's figures over the questions, against the same model's greedy runs (and the base's `auto`)."""
     runs = [item["models"][name][method] for item in items]
@@ -72,6 +76,8 @@ def summarise(items: list[dict], name: str, method: str, tokenizer, rows: list[d
     base_auto = [item["models"]["base"]["auto"] for item in items]
     per_token = lambda run: run["seconds"] / max(len(run["tokens"]), 1)  # noqa: E731
     texts = [tokenizer.decode(run["tokens"], skip_special_tokens=True) for run in runs]
+    looping = [repeated_share(run["tokens"]) >= LOOPING for run in runs]
+    fresh = [run for run, loops in zip(runs, looping) if not loops]
     return {
         "accuracy": get_benchmark("gsm8k").score(texts, rows[: len(items)])["accuracy"],
         "tpf": sum(len(r["tokens"]) for r in runs) / sum(r["forwards"] for r in runs),
@@ -80,6 +86,9 @@ def summarise(items: list[dict], name: str, method: str, tokenizer, rows: list[d
         "speedup_vs_base_auto": statistics.median(per_token(b) / per_token(r) for r, b in zip(runs, base_auto)),
         "identical": sum(r["tokens"] == a["tokens"] for r, a in zip(runs, ar)),
         "degenerate": sum(is_degenerate(r["tokens"]) for r in runs),
+        "repeated_share": statistics.mean(repeated_share(r["tokens"]) for r in runs),
+        "looping": sum(looping),
+        "tpf_without_looping": sum(len(r["tokens"]) for r in fresh) / max(sum(r["forwards"] for r in fresh), 1),
         "items": len(runs),
     }
 
@@ -135,15 +144,17 @@ def main(argv=None) -> int:
         summary["models"][name]["nll_of_base_answers"] = nll / count
         summary["models"][name]["tpf_over_steps"] = tpf_curve(Path(paths[name])) if name in paths else []
     print(
-        "| model | decoding | accuracy | TPF | tokens/s | speedup vs its AR | vs base auto | identical | degenerate |"
+        "| model | decoding | accuracy | TPF | TPF without looping answers | tokens/s | speedup vs its AR | "
+        "vs base auto | identical | degenerate | looping | repeated 8-gram share |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, entry in summary["models"].items():
         for method, f in entry.items():
             if isinstance(f, dict):
-                print(f"| {name} | {method} | {f['accuracy']:.3f} | {f['tpf']:.3f} | {f['tokens_per_s']:.1f} | "
-                      f"{f['speedup']:.2f}x | {f['speedup_vs_base_auto']:.2f}x | {f['identical']}/{f['items']} | "
-                      f"{f['degenerate']}/{f['items']} |")  # fmt: skip
+                print(f"| {name} | {method} | {f['accuracy']:.3f} | {f['tpf']:.3f} | {f['tpf_without_looping']:.3f} | "
+                      f"{f['tokens_per_s']:.1f} | {f['speedup']:.2f}x | {f['speedup_vs_base_auto']:.2f}x | "
+                      f"{f['identical']}/{f['items']} | {f['degenerate']}/{f['items']} | "
+                      f"{f['looping']}/{f['items']} | {f['repeated_share']:.2f} |")  # fmt: skip
         print(f"| {name} | NLL of the base's greedy answers | {entry['nll_of_base_answers']:.3f} per token |")
     write(summary, Path(args.results), args.tag)
     return 0
