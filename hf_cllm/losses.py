@@ -59,19 +59,21 @@ def consistency_loss(
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    student = F.log_softmax(student_logits.float(), dim=-1)
-    teacher = F.log_softmax(teacher_logits.detach().float(), dim=-1)
-    if distance == "forward_kl":
-        per_position = _kl(teacher, student)
-    elif distance == "reverse_kl":
-        per_position = _kl(student, teacher)
-    elif distance == "hard_ce":
-        per_position = -student.gather(-1, teacher.argmax(-1, keepdim=True)).squeeze(-1)
+    if distance == "hard_ce":  # only the target's top token counts: its distribution is never needed
+        targets = teacher_logits.detach().argmax(-1)
+        per_position = F.cross_entropy(student_logits.float().transpose(1, 2), targets, reduction="none")
     else:
-        if not 0 < beta < 1:
-            raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
-        mixture = torch.logaddexp(teacher + math.log(beta), student + math.log(1 - beta))
-        per_position = beta * _kl(teacher, mixture) + (1 - beta) * _kl(student, mixture)
+        student = F.log_softmax(student_logits.float(), dim=-1)
+        teacher = F.log_softmax(teacher_logits.detach().float(), dim=-1)
+        if distance == "forward_kl":
+            per_position = _kl(teacher, student)
+        elif distance == "reverse_kl":
+            per_position = _kl(student, teacher)
+        else:
+            if not 0 < beta < 1:
+                raise ValueError(f"jsd needs 0 < beta < 1, got {beta}")
+            mixture = torch.logaddexp(teacher + math.log(beta), student + math.log(1 - beta))
+            per_position = beta * _kl(teacher, mixture) + (1 - beta) * _kl(student, mixture)
     mask = mask.to(per_position.dtype)
     if pairs is not None:
         slots = pairs.flatten() + 1  # padding (-1) goes to slot 0, which its zero mask leaves empty

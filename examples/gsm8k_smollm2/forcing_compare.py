@@ -76,8 +76,8 @@ def summarise(items: list[dict], name: str, method: str, tokenizer, rows: list[d
     base_auto = [item["models"]["base"]["auto"] for item in items]
     per_token = lambda run: run["seconds"] / max(len(run["tokens"]), 1)  # noqa: E731
     texts = [tokenizer.decode(run["tokens"], skip_special_tokens=True) for run in runs]
-    looping = [repeated_share(run["tokens"]) >= LOOPING for run in runs]
-    fresh = [run for run, loops in zip(runs, looping) if not loops]
+    shares = [repeated_share(run["tokens"]) for run in runs]
+    fresh = [run for run, share in zip(runs, shares) if share < LOOPING]
     return {
         "accuracy": get_benchmark("gsm8k").score(texts, rows[: len(items)])["accuracy"],
         "tpf": sum(len(r["tokens"]) for r in runs) / sum(r["forwards"] for r in runs),
@@ -86,8 +86,8 @@ def summarise(items: list[dict], name: str, method: str, tokenizer, rows: list[d
         "speedup_vs_base_auto": statistics.median(per_token(b) / per_token(r) for r, b in zip(runs, base_auto)),
         "identical": sum(r["tokens"] == a["tokens"] for r, a in zip(runs, ar)),
         "degenerate": sum(is_degenerate(r["tokens"]) for r in runs),
-        "repeated_share": statistics.mean(repeated_share(r["tokens"]) for r in runs),
-        "looping": sum(looping),
+        "repeated_share": statistics.mean(shares),
+        "looping": len(runs) - len(fresh),
         "tpf_without_looping": sum(len(r["tokens"]) for r in fresh) / max(sum(r["forwards"] for r in fresh), 1),
         "items": len(runs),
     }
