@@ -2,7 +2,9 @@
 
 The GGUF file is converted once into a normal transformers folder under the Hugging Face cache, so later loads are
 plain `from_pretrained` calls (under 2 s instead of ~30 s of dequantisation). The conversion writes into a temporary
-sibling folder and renames it into place only when complete, so an interrupted run leaves nothing a later run trusts.
+sibling folder and renames it into place only when complete, so an interrupted run leaves nothing a later run trusts,
+and under a file lock, so processes started together (`accelerate launch`) convert once and never delete a folder
+another process is loading.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -78,16 +82,19 @@ def embedded_model_dir(convert=None) -> Path:
     if sha256_of(gguf) != EMBEDDED_GGUF_SHA256:
         raise RuntimeError(f"{gguf} does not have the expected sha256; reinstall with: {INSTALL_COMMAND}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_NAME}-", dir=target.parent))
-    os.chmod(staging, 0o755)
-    try:
-        (convert or convert_gguf)(gguf, staging)
-        (staging / _COMPLETE_MARKER).write_text(EMBEDDED_GGUF_SHA256 + "\n")
-        if target.exists():  # an earlier, interrupted conversion: never trusted, so replace it
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with FileLock(target.parent / f".{EMBEDDED_MODEL_NAME}.lock"):
+        if is_complete(target):  # another process converted it while this one waited
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_NAME}-", dir=target.parent))
+        os.chmod(staging, 0o755)
+        try:
+            (convert or convert_gguf)(gguf, staging)
+            (staging / _COMPLETE_MARKER).write_text(EMBEDDED_GGUF_SHA256 + "\n")
+            if target.exists():  # an earlier, interrupted conversion: never trusted, so replace it
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -5,6 +5,9 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -121,7 +124,32 @@ def test_conversion_runs_once_and_is_reused(fake_gguf):
     second = assets.embedded_model_dir(convert=convert)
     assert first == second == cache / assets.EMBEDDED_MODEL_NAME
     assert len(calls) == 1 and (first / "config.json").is_file()
-    assert [p.name for p in cache.iterdir()] == [assets.EMBEDDED_MODEL_NAME]  # no staging folder left behind
+    staging = [p.name for p in cache.iterdir() if p.is_dir() and p.name != assets.EMBEDDED_MODEL_NAME]
+    assert staging == []  # no staging folder left behind
+
+
+def test_processes_started_together_convert_once(fake_gguf):
+    """Two launches at once (`accelerate launch`): one converts, the other waits and loads the same folder; the
+    second must not replace the folder the first is already loading from."""
+    convert, calls, cache = fake_gguf
+    started = threading.Event()
+
+    def slow_convert(source, out_dir):
+        started.set()
+        time.sleep(0.5)
+        convert(source, out_dir)
+
+    def load():
+        folder = assets.embedded_model_dir(convert=slow_convert)
+        return folder, (folder / "config.json").is_file(), assets.is_complete(folder)
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(load)
+        started.wait(5)
+        second = pool.submit(load)
+        results = [first.result(), second.result()]
+    assert len(calls) == 1
+    assert results == [(cache / assets.EMBEDDED_MODEL_NAME, True, True)] * 2
 
 
 def test_half_written_folder_is_not_trusted(fake_gguf):
@@ -142,7 +170,7 @@ def test_interrupted_conversion_leaves_nothing(fake_gguf):
 
     with pytest.raises(KeyboardInterrupt):
         assets.embedded_model_dir(convert=crash)
-    assert list(cache.iterdir()) == []
+    assert [p for p in cache.iterdir() if p.is_dir()] == []  # only the (unlocked) lock file stays
 
 
 def test_wrong_checksum_is_refused(fake_gguf, monkeypatch):
