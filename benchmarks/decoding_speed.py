@@ -27,8 +27,9 @@ import transformers
 from transformers import AutoTokenizer
 
 from hf_cllm import AutoCLLMForCausalLM
-from hf_cllm.assets import embedded_model_dir
+from hf_cllm.assets import EMBEDDED_MODEL_NAME
 from hf_cllm.bench import benchmark_names, get_benchmark
+from hf_cllm.cli.common import resolve_model_path
 from hf_cllm.cli.demo import DEMO_QUESTIONS
 from hf_cllm.modeling import eos_token_ids
 from hf_cllm.prompts import tokenize_prompts
@@ -69,7 +70,7 @@ def forward_cost_curve(model, tokenizer, sizes=(1, 4, 8, 16, 32), context=150, r
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="Hub id or folder (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=None, help="Hub id, folder or smollm2-135m-instruct (embedded, default)")
     parser.add_argument("--task", choices=benchmark_names(), default=None, help="default: demo prompts")
     parser.add_argument("--prompts", default=None, help="the task's data file (default: Hub, or offline packages)")
     parser.add_argument("--num-prompts", type=int, default=10)
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    path = args.model or str(embedded_model_dir())
+    path = resolve_model_path(args.model or EMBEDDED_MODEL_NAME)  # the embedded name works, as in `hf-cllm`
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoCLLMForCausalLM.from_pretrained(path, dtype=torch.float32).to(args.device).eval()
     eos = eos_token_ids(model)
