@@ -17,6 +17,7 @@ and forward it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .verify import _PREFIX_FREE, GreedyAcceptance, Prediction, SamplingAcceptan
 from .windows import (
     AutoWindows,
     FixedBlocks,
+    FullWindows,
     GuessFn,
     MultiBlocks,
     NgramGuesses,
@@ -38,10 +40,13 @@ from .windows import (
 
 
 DEFAULT_JACOBI_N = 16
+# `jacobi_n="auto"`'s widest window where windows are padded to one width on a CPU: in bfloat16, eager or compiled, a
+# forward over 8 tokens costs about one over 1, over 16 tokens 1.4-2x (docs/benchmarks.md, "On a CPU")
+CPU_WINDOW = 8
 # `generate` arguments that only apply together with `jacobi_n`
 JACOBI_KWARGS = (
     "jacobi_init", "jacobi_seed", "jacobi_return_states", "jacobi_max_n", "jacobi_costs", "jacobi_blocks",
-    "jacobi_progress",
+    "jacobi_progress", "jacobi_width",
 )  # fmt: skip
 PROGRESS = ("row", "shared")
 
@@ -97,8 +102,20 @@ def resolve_jacobi_n(jacobi_n, generation_config) -> int | str | None:
 
 
 def _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks,
-                   jacobi_progress) -> None:  # fmt: skip
+                   jacobi_progress, jacobi_width) -> None:  # fmt: skip
     """The Jacobi arguments of `generate`, and those that only make sense with fixed blocks or only with `"auto"`."""
+    if jacobi_width is not None:
+        if isinstance(jacobi_width, bool) or not isinstance(jacobi_width, int) or jacobi_width < 1:
+            raise ValueError(
+                f"`jacobi_width` must be a positive integer, the number of tokens every decoding forward computes "
+                f"(got {jacobi_width!r}). Pass e.g. `jacobi_width=8`, or leave it out."
+            )
+        if block_size != "auto" and jacobi_width < block_size * jacobi_blocks:
+            raise ValueError(
+                f"`jacobi_width={jacobi_width}` is narrower than the widest window, `jacobi_n` × `jacobi_blocks` = "
+                f"{block_size * jacobi_blocks}: pass `jacobi_width` ≥ {block_size * jacobi_blocks} or a smaller "
+                "`jacobi_n`."
+            )
     if isinstance(jacobi_seed, bool) or not isinstance(jacobi_seed, int):
         raise ValueError(f"`jacobi_seed` must be an integer, the seed of the random guesses (got {jacobi_seed!r}).")
     if isinstance(jacobi_blocks, bool) or not isinstance(jacobi_blocks, int) or jacobi_blocks < 1:
@@ -266,10 +283,11 @@ def jacobi_generate(
     jacobi_init: str | GuessFn = "random",
     jacobi_seed: int = 0,
     jacobi_return_states: bool = False,
-    jacobi_max_n: int = DEFAULT_JACOBI_N,
+    jacobi_max_n: int | None = None,
     jacobi_costs: list[float] | None = None,
     jacobi_blocks: int = 1,
     jacobi_progress: str | None = None,
+    jacobi_width: int | None = None,
     stop_strings: str | list[str] | None = None,
     **model_kwargs,
 ):
@@ -281,7 +299,8 @@ def jacobi_generate(
     to a plain callable: the tokenizer of `stop_strings` (on a plain model pass
     `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, stop_strings)])`; `stop_strings` alone is
     refused with that fix). A `streamer` given to `generate` is picked up either way. With
-    `cache_implementation="static"` the window forward is compiled where `generate` compiles its own (`WindowForward`).
+    `cache_implementation="static"` every window is padded to one width and the window forward is compiled where
+    `generate` compiles its own (`WindowForward`; on a CPU with `hf_cllm.fast.compile_config()`).
 
     Args:
         jacobi_n (`int` or `"auto"`, *optional*):
@@ -300,8 +319,9 @@ def jacobi_generate(
             Seed of the `"random"` initialisation.
         jacobi_return_states (`bool`, *optional*, defaults to `False`):
             With `return_dict_in_generate=True`, also return every state of every block (`jacobi_states`).
-        jacobi_max_n (`int`, *optional*, defaults to 16):
-            With `jacobi_n="auto"`: the longest window it may use.
+        jacobi_max_n (`int`, *optional*):
+            With `jacobi_n="auto"`: the longest window it may use. Default 16, and 8 (`CPU_WINDOW`) on a CPU with a
+            static cache, where every window is padded to this width.
         jacobi_costs (`list[float]`, *optional*):
             With `jacobi_n="auto"`: the cost of a forward over 1 … `jacobi_max_n` new tokens relative to one
             (`jacobi_costs[0]` is for one token). Measured on the model once per device, dtype and batch size when
@@ -316,6 +336,13 @@ def jacobi_generate(
             tokens any row accepted. `"row"` falls back to `"shared"` where it does not apply (`RowPace.applies`).
             Default: `"row"` on an accelerator, `"shared"` on a CPU, where every row's full n-wide window costs
             more time than the extra tokens save (measured in docs/benchmarks.md, "Batches").
+        jacobi_width (`int`, *optional*):
+            Every decoding forward computes exactly this many tokens, the window padded at its end. Default: with a
+            static cache, the widest window (`jacobi_n` × `jacobi_blocks`, or `jacobi_max_n` with `"auto"`, which
+            `jacobi_width` also caps); else unpadded. One width is one compiled graph, and in bfloat16 it makes the
+            output independent of what the windows held: Jacobi decoding then equals greedy decoding at the same
+            width (`jacobi_n=1, jacobi_width=W`) token for token, where one-token steps and wider windows would round
+            near-ties differently. `"auto"` then fills every window (`windows.FullWindows`): they all cost the same.
     """
     if stop_strings:
         raise ValueError(
@@ -328,9 +355,11 @@ def jacobi_generate(
         streamer = _streamer_given_to_generate()
     block_size = resolve_jacobi_n(jacobi_n, generation_config) or DEFAULT_JACOBI_N
     auto = block_size == "auto"
-    _check_options(
-        block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks, jacobi_progress
-    )
+    if jacobi_max_n is None:  # `generate` made the cache already: a static one pads every window to one width
+        static = getattr(model_kwargs.get("cache"), "is_compileable", False)
+        jacobi_max_n = CPU_WINDOW if input_ids.device.type == "cpu" and static else DEFAULT_JACOBI_N
+    _check_options(block_size, jacobi_seed, jacobi_max_n, jacobi_return_states, jacobi_costs, jacobi_blocks,
+                   jacobi_progress, jacobi_width)  # fmt: skip
     _check_supported(model, generation_config, model_kwargs)
 
     batch_size, device = input_ids.shape[0], input_ids.device
@@ -348,11 +377,15 @@ def jacobi_generate(
     # through the same acceptance code as a window of length 1 without guesses, which belongs to no block.
     outputs = model._prefill(input_ids, generation_config, model_kwargs)
     cache = _rollback_cache(model, outputs, needs_rollback=auto or block_size > 1)
+    width = _window_width(jacobi_width, jacobi_max_n if auto else block_size * jacobi_blocks, cache)
     if auto:
-        if jacobi_costs is None:
-            jacobi_costs = _measured_costs(model, outputs, cache, input_ids, model_kwargs, jacobi_max_n)
         ngram = opener if isinstance(opener, NgramGuesses) else NgramGuesses(batch_size, device, opener)
-        planner = AutoWindows(jacobi_max_n, [0.0, *map(float, jacobi_costs)], ngram)
+        if width is not None and jacobi_costs is None:  # windows padded to one width all cost the same: fill each
+            planner = FullWindows(min(jacobi_max_n, width), ngram)
+        else:
+            if jacobi_costs is None:
+                jacobi_costs = _measured_costs(model, outputs, cache, input_ids, model_kwargs, jacobi_max_n)
+            planner = AutoWindows(jacobi_max_n, [0.0, *map(float, jacobi_costs)], ngram)
     elif jacobi_blocks > 1:
         planner = MultiBlocks(block_size, jacobi_blocks, opener)
     else:
@@ -369,9 +402,7 @@ def jacobi_generate(
             if model_kwargs.get("attention_mask") is None:  # rows will be padded differently: they need one
                 model_kwargs["attention_mask"] = torch.ones_like(input_ids)
 
-    # windows of fixed n are at most n wide per block in flight (`auto` varies its width: never compiled)
-    widest = None if auto else block_size * jacobi_blocks
-    forward = WindowForward(model, cache, generation_config, model_kwargs, widest)
+    forward = WindowForward(model, cache, generation_config, model_kwargs, width)
     with model._optimize_model_for_decode():  # what `_sample` does for decoding (e.g. MoE kernels)
         while pace is not None:
             prediction = rule.predict(logits, decoded.input_ids, window)
@@ -658,19 +689,88 @@ def _forward_window(model, outputs, window, model_kwargs, call=None):
     return (call or model)(**model_inputs, return_dict=True)
 
 
+def _window_width(jacobi_width, widest: int, cache) -> int | None:
+    """The one width every decoding forward is padded to, or None for windows as wide as their tokens: `jacobi_width`
+    when given, else with a static cache the widest window (one compiled graph; bfloat16 results that do not depend
+    on the window)."""
+    if jacobi_width is not None:
+        return jacobi_width
+    return widest if cache.is_compileable else None
+
+
+def _freezes(compile_config) -> bool:
+    return bool((getattr(compile_config, "options", None) or {}).get("freezing"))
+
+
+def reuse_frozen_cache(model, inputs, generation_config, kwargs: dict, margin: int = 0) -> dict:
+    """`generate` kwargs for a call whose `compile_config` freezes weights (`hf_cllm.fast.compile_config`) with
+    `cache_implementation="static"`: the model's one reused `StaticCache` in place of a new one per call.
+
+    A frozen graph holds the static cache's tensors it was traced with (static addresses become graph attributes
+    under freezing), so it would never see the new cache `generate` makes for each call: every call after the first
+    would decode from the first call's cache. The reused cache is reset for each call, with room for the prompt, the
+    new tokens and `margin` (one padded window); replaced, and the graphs traced anew (`torch._dynamo.reset()`), only
+    when it is too short or for another batch size. A cache the caller passes is the caller's to reuse."""
+    config = generation_config if generation_config is not None else model.generation_config
+    setting = lambda name: kwargs[name] if name in kwargs else getattr(config, name, None)  # noqa: E731
+    input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+    if (
+        not _freezes(setting("compile_config")) or setting("cache_implementation") != "static"
+        or kwargs.get("cache") is not None or setting("disable_compile") or not torch.is_tensor(input_ids)
+    ):  # fmt: skip
+        return kwargs
+    batch_size, prompt_length = input_ids.shape
+    new_tokens = setting("max_new_tokens")
+    total = prompt_length + new_tokens if new_tokens is not None else setting("max_length")
+    needed = max(total + margin, setting("max_cache_len") or 0)
+    cache = getattr(model, "_hf_cllm_frozen_cache", None)
+    layer = cache.layers[0] if cache is not None else None
+    if layer is None or layer.max_cache_len < needed or (layer.is_initialized and layer.batch_size != batch_size):
+        from transformers import StaticCache
+
+        if cache is not None:
+            torch._dynamo.reset()
+        cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=-(-needed // 256) * 256)
+        model._hf_cllm_frozen_cache = cache
+    cache.reset()
+    kwargs = {key: value for key, value in kwargs.items() if key != "max_cache_len"}
+    return kwargs | {"cache": cache, "cache_implementation": None}
+
+
+@contextlib.contextmanager
+def frozen_weights(compile_config):
+    """Inductor's weight freezing on, when `compile_config.options` asks for it (`hf_cllm.fast.compile_config`),
+    around a compiled call: dynamo reads the flag while it traces, before `options` reach inductor, and only a
+    frozen graph folds the weights in as pre-packed constants (on a 2-core CPU in bfloat16, 1.3× faster than eager per
+    token and 1.9× per 8-token window: docs/benchmarks.md)."""
+    if not _freezes(compile_config):
+        yield
+        return
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
 class WindowForward:
-    """The window forward of every decoding step, compiled where `generate` would compile its own decoding step: a
-    compilable cache (`cache_implementation="static"`) on an accelerator, or anywhere with
-    `compile_config._compile_all_devices` (never with `disable_compile`). Compiled windows are padded at the end to
-    one `width`, so one graph serves every step: the padding comes after every real token, so no real token
-    attends to it, and its KV lies past the kept sequence, where the next window overwrites it. A window that
-    would not fit the cache padded (the last steps before `max_length`) runs uncompiled at its own width."""
+    """The window forward of every decoding step. With a `width`, every window is padded at its end to that width:
+    the padding comes after every real token, so no real token attends to it, and its KV lies past the kept
+    sequence, where the next window overwrites it (or the crop drops it). One width is one graph where `generate`
+    would compile its own decoding step (a compilable cache, `cache_implementation="static"`, on an accelerator, or
+    anywhere with `compile_config._compile_all_devices`; never with `disable_compile`), and in bfloat16 it makes every
+    token's logits independent of what else the window held. A window that would not fit the static cache padded
+    (the last steps before a full cache: give `max_cache_len` room for one more width to avoid them) runs
+    uncompiled at its own width."""
 
     def __init__(self, model, cache, generation_config, model_kwargs, width: int | None):
-        self.model, self.width = model, None
-        if width is not None and model._valid_auto_compile_criteria(model_kwargs, generation_config):
-            self.compiled, self.width = model.get_compiled_call(generation_config.compile_config), width
-            self.capacity = min(length for layer in cache.layers if (length := layer.get_max_length()) > 0)
+        self.model, self.width, self.call = model, width, None
+        if width is None:
+            return
+        if model._valid_auto_compile_criteria(model_kwargs, generation_config):
+            self.compile_config = generation_config.compile_config
+            self.call = model.get_compiled_call(self.compile_config)
+        lengths = [length for layer in cache.layers if (length := layer.get_max_length()) > 0]
+        self.capacity = min(lengths) if lengths else math.inf
 
     def __call__(self, outputs, window, model_kwargs, cached: int):
         """(outputs, the window's logits, tokens forwarded: the window's length plus padding); `cached` is the
@@ -680,6 +780,10 @@ class WindowForward:
             outputs = _forward_window(self.model, outputs, window, model_kwargs)
             return outputs, outputs.logits, length
         padded = torch.cat([window, window[:, -1:].expand(-1, self.width - length)], dim=1)
-        outputs = _forward_window(self.model, outputs, padded, model_kwargs, self.compiled)
+        if self.call is None:
+            outputs = _forward_window(self.model, outputs, padded, model_kwargs)
+        else:
+            with frozen_weights(self.compile_config):
+                outputs = _forward_window(self.model, outputs, padded, model_kwargs, self.call)
         # a copy: the compiled call's outputs may be overwritten by its next run (CUDA graphs)
         return outputs, outputs.logits[:, :length].clone(), self.width

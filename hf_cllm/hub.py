@@ -57,7 +57,9 @@ GENERATE_ARGUMENTS = """\
 or `"auto"`: before each forward, greedy / n-gram check / Jacobi block, whichever pays most on this device |
 | `jacobi_init` | `"random"` | a block's first guesses: `"random"` (context tokens), `"pad"`, `"ngram"` \
 (prompt lookup), or `fn(input_ids, k)` |
-| `jacobi_max_n` | 16 | with `"auto"`: the longest window |
+| `jacobi_max_n` | 16 (8 on a CPU with a static cache) | with `"auto"`: the longest window |
+| `jacobi_width` | with `cache_implementation="static"`: the widest window | every decoding forward computes this \
+many tokens (padded): one compiled graph, and in bfloat16 output equal to greedy decoding at that width |
 | `jacobi_blocks` | 1 | blocks in flight at once (multi-block decoding, for models trained with Jacobi Forcing) |
 | `jacobi_progress` | `"row"` on a GPU, `"shared"` on a CPU | in a batch, each row commits its own accepted \
 tokens every forward (`"shared"`: the batch moves by its slowest row) |

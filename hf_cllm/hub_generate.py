@@ -11,7 +11,8 @@ means) are verbatim copies of hf_cllm's modules, so the repo runs with transform
 
 Extra arguments: `jacobi_n` (block size, or "auto"), `jacobi_init` ("random" | "pad" | "ngram" | callable),
 `jacobi_seed`, `jacobi_return_states`, `jacobi_max_n` and `jacobi_costs` (for "auto"), `jacobi_blocks` (blocks in
-flight at once), `jacobi_progress` ("row": each row of a batch at its own pace, or "shared"). With
+flight at once), `jacobi_progress` ("row": each row of a batch at its own pace, or "shared"), `jacobi_width` (every
+decoding forward padded to this many tokens; the default with a static cache). With
 `return_dict_in_generate=True` the output also has `num_forward_passes`, `num_new_tokens`, `tokens_per_forward` and
 `iterations_per_block`.
 """

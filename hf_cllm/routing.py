@@ -14,7 +14,14 @@ import functools
 from transformers import GenerationConfig
 from transformers.generation import StoppingCriteriaList, StopStringCriteria
 
-from .decoding import DEFAULT_JACOBI_N, JACOBI_KWARGS, jacobi_generate, resolve_jacobi_n
+from .decoding import (
+    DEFAULT_JACOBI_N,
+    JACOBI_KWARGS,
+    frozen_weights,
+    jacobi_generate,
+    resolve_jacobi_n,
+    reuse_frozen_cache,
+)
 
 
 def route_generate(
@@ -26,7 +33,16 @@ def route_generate(
     `jacobi_n` may also come from `model.generation_config.jacobi_n` (a CLLM saved with hf_cllm carries it). A block
     size that comes from the config gives way to beam search and assisted decoding when those are asked for; one
     passed explicitly is checked and refused with them. Greedy decoding and sampling both go through Jacobi.
+    A `compile_config` that asks for frozen weights (`hf_cllm.fast.compile_config`) gets them, Jacobi or not.
     """
+    compile_config = kwargs.get("compile_config") or getattr(
+        generation_config if generation_config is not None else model.generation_config, "compile_config", None
+    )
+    with frozen_weights(compile_config):
+        return _route(model, stock_generate, inputs, generation_config, jacobi_n=jacobi_n, streamer=streamer, **kwargs)
+
+
+def _route(model, stock_generate, inputs, generation_config, *, jacobi_n, streamer, **kwargs):
     jacobi_kwargs = {key: kwargs.pop(key) for key in JACOBI_KWARGS if key in kwargs}
     config = generation_config if generation_config is not None else model.generation_config
     if kwargs.get("custom_generate") is jacobi_generate:  # Jacobi asked for by name: the same as by `jacobi_n`
@@ -41,6 +57,7 @@ def route_generate(
     if jacobi_n is None or (not explicit and _asks_for_another_mode(config, kwargs)):
         if jacobi_kwargs and jacobi_n is None:
             raise ValueError(f"{sorted(jacobi_kwargs)} only apply with `jacobi_n`: pass `jacobi_n` too.")
+        kwargs = reuse_frozen_cache(model, inputs, generation_config, kwargs)
         return stock_generate(inputs, generation_config, streamer=streamer, **kwargs)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("`jacobi_n` cannot be combined with `assistant_model`: choose one of the two.")
@@ -54,6 +71,7 @@ def route_generate(
         if generation_config is not None and generation_config.stop_strings:
             generation_config = copy.deepcopy(generation_config)
             generation_config.stop_strings = None
+    kwargs = reuse_frozen_cache(model, inputs, generation_config, kwargs, _widest_window(jacobi_n, jacobi_kwargs))
     # Likewise the streamer: bind it.
     decoder = functools.partial(jacobi_generate, streamer=streamer) if streamer is not None else jacobi_generate
     with _stop_strings_handled(model, bool(stop_strings)):
@@ -79,6 +97,16 @@ def _stop_strings_handled(model, handled: bool):
         yield
     finally:
         model.generation_config.stop_strings = saved
+
+
+def _widest_window(jacobi_n, jacobi_kwargs) -> int:
+    """The most tokens one decoding forward may compute (0 where the arguments are invalid: refused later)."""
+    widths = [jacobi_kwargs.get("jacobi_width"), jacobi_n, jacobi_kwargs.get("jacobi_blocks", 1)]
+    if jacobi_n == "auto":
+        widths[1:] = [jacobi_kwargs.get("jacobi_max_n", DEFAULT_JACOBI_N), 1]
+    if not all(isinstance(width, int) for width in widths[1:]):
+        return 0
+    return widths[0] if isinstance(widths[0], int) else widths[1] * widths[2]
 
 
 def _missing_tokenizer():

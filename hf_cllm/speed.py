@@ -18,11 +18,14 @@ from .modeling import eos_token_ids
 
 @contextlib.contextmanager
 def count_forwards(model):
-    """Count the model's forward calls inside the block: `with count_forwards(m) as calls: ...; calls[0]`."""
-    calls = [0]
+    """Count the model's forward calls inside the block: `with count_forwards(m) as calls: ...; calls[0]`; `calls[1]`
+    sums the tokens they computed (a padded window counts its padding)."""
+    calls = [0, 0]
 
     def hook(module, args, kwargs):
         calls[0] += 1
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        calls[1] += input_ids.shape[-1] if torch.is_tensor(input_ids) else 0
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -54,6 +57,8 @@ class Run:
     seconds: float
     forwards: int
     output: object = None  # what `generate` returned
+    forwarded: int = 0  # tokens the forwards computed, the prefill included (0: not counted)
+    prompt_length: int = 0
 
     @property
     def tpf(self) -> float:
@@ -69,9 +74,12 @@ def baseline_generate(model, **kwargs):
     the greedy baseline must not quietly be Jacobi decoding."""
     from transformers import GenerationMixin
 
+    from .decoding import frozen_weights, reuse_frozen_cache
+
     if not isinstance(model, GenerationMixin):  # e.g. a PEFT wrapper, whose base model is a plain one
         return model.generate(**kwargs)
-    return GenerationMixin.generate(model, **kwargs)
+    with frozen_weights(kwargs.get("compile_config")):  # as hf_cllm's `generate` compiles (`hf_cllm.fast`)
+        return GenerationMixin.generate(model, **reuse_frozen_cache(model, None, None, kwargs))
 
 
 def timed_generate(model, inputs: dict, eos_token_ids, **generate_kwargs) -> Run:
@@ -87,7 +95,8 @@ def timed_generate(model, inputs: dict, eos_token_ids, **generate_kwargs) -> Run
         _synchronize(model.device)
         seconds = time.perf_counter() - start
     sequences = out.sequences if hasattr(out, "sequences") else out
-    return Run(new_tokens_to_eos(sequences[0], prompt_length, eos_token_ids), seconds, calls[0], out)
+    return Run(new_tokens_to_eos(sequences[0], prompt_length, eos_token_ids), seconds, calls[0], out, calls[1],
+               prompt_length)  # fmt: skip
 
 
 @dataclass
@@ -113,7 +122,15 @@ class MethodSummary:
             "tpf": sum(tokens) / sum(r.forwards for r in self.runs),
             "speedup_median": statistics.median(speedups),
             "identical": sum(torch.equal(r.tokens, b.tokens) for r, b in zip(self.runs, self.baseline)),
+            "window_width": self.window_width(),
         }
+
+    def window_width(self) -> float | None:
+        """Tokens per decoding forward (the prefill left out), padding included: how wide the windows were."""
+        if not all(run.forwarded for run in self.runs):
+            return None
+        tokens = sum(run.forwarded - run.prompt_length for run in self.runs)
+        return tokens / max(sum(run.forwards - 1 for run in self.runs), 1)
 
 
 @torch.no_grad()
@@ -160,3 +177,19 @@ def tpf_figures(counts: dict) -> dict:
 def jacobi_speed(model, prompts: list[list[int]], jacobi_n: int, max_new_tokens: int = 128, blocks: int = 1) -> dict:
     """Jacobi TPF over `prompts` at batch 1 and the share of them identical to greedy (`jacobi_counts`)."""
     return tpf_figures(jacobi_counts(model, prompts, jacobi_n, max_new_tokens, blocks))
+
+
+def first_divergence(tokens: torch.Tensor, reference: Run) -> tuple[int, float | None] | None:
+    """Where `tokens` first differ from the greedy `reference` run (None where they do not), and the top-2 gap of
+    the reference's logits there (None without `output_logits=True`): a gap of a rounding step or two is a near-tie,
+    which another reduction order (a wider window in bfloat16) may break the other way."""
+    shortest = min(len(tokens), len(reference.tokens))
+    differs = (tokens[:shortest] != reference.tokens[:shortest]).nonzero()
+    if len(differs) == 0:
+        return None if len(tokens) == len(reference.tokens) else (shortest, None)
+    index = int(differs[0])
+    logits = getattr(reference.output, "logits", None)
+    if not logits or index >= len(logits):
+        return index, None
+    top = logits[index][0].float().topk(2).values
+    return index, float(top[0] - top[1])

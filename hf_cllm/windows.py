@@ -344,6 +344,28 @@ class AutoWindows:
         return min(due, key=lambda size: self.retry_at[size]) if due else None
 
 
+class FullWindows:
+    """`jacobi_n="auto"` where every window costs the same (padded to one width, `jacobi_width`): every window holds
+    `width - 1` guesses, since an empty slot costs as much as a guess. Per position: the n-gram guess for the context
+    (`NgramGuesses`: prompt lookup, then the pool of earlier predictions) where there is one, else the previous
+    window's prediction there (after its accepted tokens: a Jacobi iteration, which converges as blocks do), else a
+    guess from `jacobi_init`. No fixed blocks: the window slides on by what each forward accepts."""
+
+    def __init__(self, width: int, ngram: NgramGuesses):
+        self.width, self.ngram = width, ngram
+
+    def next_guesses(self, input_ids, attention_mask, window, pred, keep: int):
+        self.ngram.observe(window, pred, keep)
+        count = self.width - 1
+        if count <= 0:
+            return input_ids[:, :0]
+        guesses, found, _ = self.ngram.lookup(input_ids, attention_mask, count)
+        iterated = pred[:, keep:-1][:, :count]  # the Jacobi iteration's guesses for the same positions
+        fresh = self.ngram.fallback(input_ids, attention_mask, count - iterated.shape[1])
+        position = torch.arange(count, device=pred.device)
+        return torch.where(position < found[:, None], guesses, torch.cat([iterated, fresh], dim=1))
+
+
 _MEASURED_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
