@@ -210,6 +210,7 @@ def collect_trajectories(
         max_states_per_block=max_states_per_block,
         seed=seed,
         prompts_fingerprint=fingerprint(prompt_ids),
+        teacher_dtype=str(teacher.dtype).removeprefix("torch."),
     )
 
     # Without a GPU, processes started by `accelerate launch --multi_gpu --num_processes K` (or torchrun) are CPU

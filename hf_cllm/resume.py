@@ -23,7 +23,7 @@ def resume_or_refuse(output_dir, settings: dict, filename: str, *, what: str, wr
                 "it, or use a new output dir"
             ) from None
         if recorded != settings:
-            changed = sorted(k for k in settings if recorded.get(k) != settings[k])
+            changed = sorted(k for k in settings.keys() | recorded.keys() if recorded.get(k) != settings.get(k))
             raise ValueError(
                 f"{output_dir} holds {what} made with other settings ({', '.join(changed)} differ): use a new "
                 "output dir, or the same settings to resume"

@@ -72,9 +72,13 @@ class CollectionSettings:
     max_states_per_block: int | None
     seed: int
     prompts_fingerprint: str
+    teacher_dtype: str = "float32"  # rows are the teacher's Jacobi fixed points in this dtype
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        settings = asdict(self)
+        if self.teacher_dtype == "float32":  # recorded only when not float32: folders from before it still resume
+            del settings["teacher_dtype"]
+        return settings
 
 
 def read_settings(folder) -> dict:

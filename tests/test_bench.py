@@ -233,7 +233,7 @@ def test_sampled_humaneval_run_reports_pass_at_k(answering_model, tmp_path, tiny
     tiny_tokenizer().save_pretrained(tmp_path / "model")
     argv = ["bench", "humaneval", "--model", str(tmp_path / "model"), "--data", str(data), "--jacobi-n", "4",
             "--max-new-tokens", "16", "--no-chat", "--output-dir", str(tmp_path / "cli"),
-            "--num-samples", "2"]  # fmt: skip
+            "--num-samples", "2", "--dtype", "float32"]  # fmt: skip
     assert main(argv) == 2 and "need sampling" in capsys.readouterr().err
     assert main([*argv, "--temperature", "0.05"]) == 0
     assert "| Jacobi sampling | 0.500 |" in capsys.readouterr().out
@@ -280,14 +280,14 @@ def test_bench_command_line(answering_model, tmp_path, capsys, tiny_tokenizer):
     tiny_tokenizer().save_pretrained(tmp_path / "model")
     data, out = str(gsm8k_data(tmp_path)), str(tmp_path / "b")
     code = main(["bench", "gsm8k", "--model", str(tmp_path / "model"), "--data", data, "--jacobi-n", "4",
-                 "--max-new-tokens", "24", "--no-chat", "--output-dir", out])  # fmt: skip
+                 "--max-new-tokens", "24", "--no-chat", "--output-dir", out, "--dtype", "float32"])  # fmt: skip
     assert code == 0
     assert "| greedy AR | 0.667 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / "report.json").read_text())["items"] == 3
     # Multi-block decoding: its own folder (the setting is recorded), outputs still identical to AR.
     code = main(["bench", "gsm8k", "--model", str(tmp_path / "model"), "--data", data, "--jacobi-n", "4",
                  "--jacobi-blocks", "2", "--max-new-tokens", "24", "--no-chat",
-                 "--output-dir", out + "2"])  # fmt: skip
+                 "--output-dir", out + "2", "--dtype", "float32"])  # fmt: skip
     report = json.loads((tmp_path / "b2" / "report.json").read_text())
     assert code == 0 and report["settings"]["jacobi_blocks"] == 2 and report["identical"] == 3
     assert "2 blocks in flight" in (tmp_path / "b2" / "report.md").read_text()
@@ -463,6 +463,6 @@ def test_a_new_task_is_one_file_that_the_harness_and_the_cli_run(
     answering_model.save_pretrained(tmp_path / "model")
     tiny_tokenizer().save_pretrained(tmp_path / "model")
     code = main(["bench", "mentions", "--model", str(tmp_path / "model"), "--jacobi-n", "4", "--no-chat",
-                 "--mentions-word", "7", "--output-dir", str(tmp_path / "cli")])  # fmt: skip
+                 "--mentions-word", "7", "--output-dir", str(tmp_path / "cli"), "--dtype", "float32"])  # fmt: skip
     assert code == 0
     assert "| greedy AR | 0.333 |" in capsys.readouterr().out

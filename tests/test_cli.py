@@ -196,11 +196,14 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_folder, tmp_path, capsys):
             "--output-dir",
             str(tmp_path),
             "--no-color",
+            "--dtype",
+            "float32",
         ]
     )
     out = capsys.readouterr().out
     assert code == 0
     assert "| all |" in out and "2/2 |" in out  # both outputs identical to greedy
+    assert "| stock greedy, float32 (tokens/s) | greedy, float32 | Jacobi auto, float32 |" in out
     assert "fixed  |" in out and "TPF" in out
     picture = tmp_path / "jacobi_trajectory.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -210,7 +213,8 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_folder, tmp_path, capsys):
 def test_generate_streams_then_prints_statistics(tiny_folder, capsys, jacobi_n):
     from transformers import AutoTokenizer
 
-    argv = ["generate", "--model", tiny_folder, "--prompt", "the quick brown fox", "--max-new-tokens", "10"]
+    argv = ["generate", "--model", tiny_folder, "--prompt", "the quick brown fox", "--max-new-tokens", "10",
+            "--dtype", "float32"]  # fmt: skip
     assert main([*argv, "--jacobi-n", jacobi_n]) == 0
     captured = capsys.readouterr()
     model = AutoModelForCausalLM.from_pretrained(tiny_folder)
@@ -263,6 +267,14 @@ def test_demo_on_the_embedded_model(tmp_path, capsys):
         assets.embedded_gguf_path()
     except assets.EmbeddedModelMissing as missing:
         pytest.skip(str(missing))
-    assert main(["demo", "--num-prompts", "1", "--max-new-tokens", "32", "--output-dir", str(tmp_path)]) == 0
-    assert "1/1 |" in capsys.readouterr().out
-    assert (tmp_path / "jacobi_trajectory.png").is_file()
+    from hf_cllm.fast import fast_dtype
+
+    assert main(["demo", "--num-prompts", "2", "--max-new-tokens", "48", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    dtype = str(fast_dtype("cpu")).removeprefix("torch.")
+    assert f"| greedy, {dtype} | Jacobi auto, {dtype} |" in out  # the fast path: bfloat16 where the CPU has it
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    for row in rows:  # identical, or diverging only where greedy's top-2 logits are within a bfloat16 step or two
+        same = row[-1].rstrip(" |")
+        assert same == "yes" or (dtype == "bfloat16" and float(same.split("gap ")[1].rstrip(")")) <= 0.25), same
+    assert len(rows) == 2 and (tmp_path / "jacobi_trajectory.png").is_file()

@@ -51,7 +51,7 @@ def train(kind: str, output_dir: Path, model_dir: Path, trajectories, *extra: st
         "--learning_rate", "1e-3", "--seed", "0", "--use_cpu", "true", "--report_to", "none", "--logging_steps", "1",
         "--save_strategy", "steps", "--save_steps", "2", "--eval_fraction", "0.1", "--eval_strategy", "steps",
         "--eval_steps", str(STEPS), "--eval_on_start", "true", "--tpf_eval_prompts", "4",
-        "--tpf_eval_max_new_tokens", "16", *extra,
+        "--tpf_eval_max_new_tokens", "16", "--bf16", "false", *extra,  # float32: processes compare exactly
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -30,13 +30,16 @@ ITEMS_FILE, SETTINGS_FILE = "items.jsonl", "settings.json"
 def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | None = None, jacobi_n: int | str = 16,
                   limit: int | None = None, max_new_tokens: int | None = None, chat: bool | None = None,
                   progress: bool = True, command: str | None = None, options: dict | None = None,
-                  sampling: dict | None = None, num_samples: int = 1, jacobi_blocks: int = 1) -> dict:  # fmt: skip
+                  sampling: dict | None = None, num_samples: int = 1, jacobi_blocks: int = 1,
+                  generate_options: dict | None = None) -> dict:  # fmt: skip
     """Run `benchmark` (a registered `BenchmarkTask`: "gsm8k", "humaneval", "spider", ...) and write
     `output_dir/{items.jsonl, report.json, report.md, report.png}`; returns the report. Rerun with the same arguments
     to resume. `options`: the task's own options (`BenchmarkTask.options`, e.g. Spider's `db_dir`). `sampling`:
     sampling options of `generate` (e.g. `{"temperature": 0.8, "top_p": 0.95}`); AR and Jacobi then both sample
     `num_samples` completions per item, each pair from the same seed, and the task scores them together (pass@k).
-    `jacobi_blocks`: blocks in flight at once (multi-block decoding) with an integer `jacobi_n`."""
+    `jacobi_blocks`: blocks in flight at once (multi-block decoding) with an integer `jacobi_n`. `generate_options`:
+    more `generate` arguments for both methods, e.g. the fast path's static cache and `compile_config`
+    (`hf-cllm bench --compile`)."""
     from tqdm.auto import tqdm
 
     task = get_benchmark(benchmark)
@@ -67,11 +70,14 @@ def run_benchmark(model, tokenizer, benchmark: str, output_dir, *, data: str | N
         settings |= {"sampling": sampling, "num_samples": num_samples}
     if jacobi_blocks > 1:  # recorded only when used, so folders written before it existed still resume
         settings["jacobi_blocks"] = jacobi_blocks
+    generate_options = generate_options or {}
+    if generate_options:
+        settings["generate_options"] = {key: repr(value) for key, value in generate_options.items()}
     output_dir = Path(output_dir)
     done = _resume(output_dir, settings)
     eos = eos_token_ids(model)
     common = dict(max_new_tokens=max_new_tokens, do_sample=bool(sampling), pad_token_id=eos[0] if eos else None)
-    common |= sampling or {}
+    common |= (sampling or {}) | generate_options
     methods = {
         "ar": dict(common),
         "jacobi": dict(common, custom_generate=jacobi_generate, jacobi_n=jacobi_n, return_dict_in_generate=True),

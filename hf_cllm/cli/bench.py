@@ -24,6 +24,7 @@ from .common import (
     add_sampling_arguments,
     block_size,
     check_jacobi_blocks,
+    decoding_options,
     load_model_and_tokenizer,
     positive_int,
     sampling_options,
@@ -48,7 +49,7 @@ def parser(benchmark: str | None = None, find_task: bool = False) -> argparse.Ar
         prog="hf-cllm bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("benchmark", nargs="?" if find_task else None, help=f"the task: {', '.join(names)}")
-    add_model_arguments(parser)
+    add_model_arguments(parser, compile=True)
     parser.add_argument("--data", default=None, help="a local .jsonl/.json(.gz) file or a Hub dataset id")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first K items")
     parser.add_argument("--jacobi-n", type=block_size, default=16, help='block size, or "auto"')
@@ -120,6 +121,7 @@ def run(args) -> int:
             sampling=sampling or None,
             num_samples=args.num_samples,
             jacobi_blocks=args.jacobi_blocks,
+            generate_options=decoding_options(args, model),
         )
     except ValueError as error:
         raise CLIError(str(error)) from None

@@ -11,6 +11,7 @@ from .common import (
     add_sampling_arguments,
     block_size,
     check_jacobi_blocks,
+    decoding_options,
     encode_prompt,
     load_model_and_tokenizer,
     positive_int,
@@ -22,7 +23,7 @@ HELP = "generate from your own prompt with Jacobi decoding (streamed), then prin
 
 
 def add_arguments(parser) -> None:
-    add_model_arguments(parser)
+    add_model_arguments(parser, compile=True)
     parser.add_argument("--prompt", required=True, help="the prompt text")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     parser.add_argument(
@@ -51,6 +52,8 @@ def run(args) -> int:
 
         torch.manual_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    if args.compile:
+        print("[--compile: the first call compiles each window width, 30-60 s each on a small CPU]", file=sys.stderr)
     start = time.perf_counter()
     out = model.generate(
         **inputs,
@@ -62,6 +65,7 @@ def run(args) -> int:
         return_dict_in_generate=True,
         do_sample=bool(sampling),
         **sampling,
+        **decoding_options(args, model),
     )
     seconds = time.perf_counter() - start
     tokens, forwards = int(out.num_new_tokens[0]), int(out.num_forward_passes[0])

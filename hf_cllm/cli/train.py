@@ -10,6 +10,12 @@ Built on TRL's argument parser: every CLLMConfig / SFTConfig / TrainingArguments
 
 --model_name_or_path defaults to the embedded smollm2-135m-instruct; --trajectories takes a folder written by
 `hf-cllm collect`, a .parquet/.jsonl file, or a Hub dataset id.
+
+Precision: where the device computes bfloat16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX) and neither
+--bf16 nor --fp16 is given (here, in the --config file, or as `accelerate launch --mixed_precision`), training
+runs with --bf16 true: TrainingArguments'
+bfloat16 autocast, with float32 weights and optimizer state. --bf16 false keeps float32. (--dtype is TRL's: the
+dtype the weights are loaded in.)
 """
 
 from __future__ import annotations
@@ -51,9 +57,34 @@ def parser():
     return TrlParser((TrainScriptArguments, CLLMConfig, ModelConfig), prog="hf-cllm train", description=__doc__)
 
 
+def with_native_precision(arguments: list[str]) -> list[str]:
+    """The arguments, plus `--bf16 true` where the device computes bfloat16 natively and the user chose no mixed
+    precision (neither flag, nor a key of the --config file, nor `accelerate launch --mixed_precision`)."""
+    import os
+
+    import torch
+
+    from ..fast import computes_bf16
+
+    chosen = {argument.split("=")[0] for argument in arguments} & {"--bf16", "--fp16"}
+    if "--config" in arguments and arguments.index("--config") + 1 < len(arguments):
+        import yaml
+
+        try:
+            with open(arguments[arguments.index("--config") + 1]) as handle:
+                chosen |= set(yaml.safe_load(handle) or {}) & {"bf16", "fp16"}
+        except (OSError, yaml.YAMLError, TypeError):
+            pass  # TRL's parser names the problem
+    if chosen or os.environ.get("ACCELERATE_MIXED_PRECISION") or not computes_bf16(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    ):
+        return arguments
+    return [*arguments, "--bf16", "true"]
+
+
 def run(args) -> int:
     try:
-        script_args, config, model_args = parser().parse_args_and_config(args.arguments)
+        script_args, config, model_args = parser().parse_args_and_config(with_native_precision(args.arguments))
     except ValueError as error:  # a flag no parser knows, or a value CLLMConfig refuses
         raise CLIError(" ".join(str(error).split()) + " (`hf-cllm train --help` lists the flags)") from None
     return train(script_args, config, model_args)
@@ -123,5 +154,6 @@ def train(script_args, config, model_args) -> int:
     if config.push_to_hub:
         trainer.push_to_hub()
     if trainer.is_world_process_zero():
-        print(f"Saved the CLLM to {config.output_dir} (jacobi_n={config.jacobi_n})")
+        precision = "bfloat16 autocast" if config.bf16 else "float16 autocast" if config.fp16 else "float32"
+        print(f"Saved the CLLM to {config.output_dir} (jacobi_n={config.jacobi_n}, trained in {precision})")
     return 0
