@@ -116,8 +116,8 @@ def run(args) -> int:
     )
     print(
         f"\nWhat you are looking at: stock `generate()` in float32 is the reference. The fast path computes in {fast}"
-        "\nwith a static cache; greedy decoding there is already faster, and `jacobi_n=\"auto\"` checks up to 8 guessed"
-        "\ntokens per forward pass (n-grams from the prompt, Jacobi iterations) for about the cost of one, keeping every"
+        "\nwith a static cache; greedy decoding there is already faster, and `jacobi_n=\"auto\"` checks 7 guessed tokens"
+        "\nper forward pass (n-grams from the prompt, Jacobi iterations) for about the cost of one token, keeping every"
         "\ntoken that agrees with greedy decoding.\n" + exact +
         "\n\nThe trajectory: each forward pass checks the whole block at once and keeps the longest prefix that already"
         "\nagrees with greedy decoding (green). This model was not trained for it: it fixes about one token per pass."

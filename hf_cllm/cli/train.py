@@ -12,10 +12,9 @@ Built on TRL's argument parser: every CLLMConfig / SFTConfig / TrainingArguments
 `hf-cllm collect`, a .parquet/.jsonl file, or a Hub dataset id.
 
 Precision: where the device computes bfloat16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX) and neither
---bf16 nor --fp16 is given (here, in the --config file, or as `accelerate launch --mixed_precision`), training
-runs with --bf16 true: TrainingArguments'
-bfloat16 autocast, with float32 weights and optimizer state. --bf16 false keeps float32. (--dtype is TRL's: the
-dtype the weights are loaded in.)
+--bf16 nor --fp16 is given (here, in the --config file, or as `accelerate launch --mixed_precision`), training runs
+with --bf16 true: TrainingArguments' bfloat16 autocast, with float32 weights and optimizer state. --bf16 false keeps
+float32. (--dtype is TRL's: the dtype the weights are loaded in.)
 """
 
 from __future__ import annotations
