@@ -182,12 +182,15 @@ class CLLMConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            import torch
+        import torch
 
+        if self.bf16 is None:
             self.bf16 = (
                 not self.fp16 and not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             )
+        if self.bf16 and not self.use_cpu and torch.accelerator.current_accelerator() is None:
+            # A machine with only a CPU: bf16 autocast runs there, but TrainingArguments refuses bf16 without use_cpu.
+            self.use_cpu = True
         super().__post_init__()
         if not isinstance(self.jacobi_n, int) or self.jacobi_n < 2:
             raise ValueError(f"jacobi_n must be an integer >= 2 (tokens per Jacobi block), got {self.jacobi_n!r}")

@@ -208,6 +208,16 @@ def test_train_reads_the_precision_chosen_in_the_config_file(monkeypatch, tmp_pa
     assert with_native_precision(["--config", str(tmp_path / "silent.yaml")])[-2:] == ["--bf16", "true"]
 
 
+@pytest.mark.skipif(torch.accelerator.current_accelerator() is not None, reason="a machine with only a CPU")
+def test_train_parses_bf16_on_a_machine_with_only_a_cpu(tmp_path):
+    """What a user types on a CPU-only machine (no --use_cpu) parses into bf16 autocast on the CPU, instead of
+    TrainingArguments' "Your setup doesn't support bf16/gpu"."""
+    from hf_cllm.cli.train import parser
+
+    _, config, _ = parser().parse_args_and_config(["--output_dir", str(tmp_path), "--bf16", "true"])
+    assert config.bf16 and config.use_cpu and config.device.type == "cpu"
+
+
 def test_compile_flag_gives_a_static_cache_and_the_fast_compile_config():
     import argparse
 
