@@ -18,6 +18,7 @@ and forward it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ from .windows import (
     measure_costs,
     timer,
 )
+
+
+# A fixed name, not __name__: the same logger when this file runs as a copy in `custom_generate/`.
+logger = logging.getLogger("hf_cllm.decoding")
 
 
 DEFAULT_JACOBI_N = 16
@@ -436,6 +441,12 @@ def jacobi_generate(
     for layer in cache.layers:  # stop recording, as `generate` does before handing a cache back
         if hasattr(layer, "record_past"):
             layer.record_past = False
+    # The counts cross to the host only when someone reads them (a server log); logged before the streamer ends, so
+    # a streamed answer is complete only once its line is written.
+    if logger.isEnabledFor(logging.INFO):
+        tokens, forwards = int(decoded.num_new_tokens.sum()), int(decoded.num_forward_passes.sum())
+        logger.info("Jacobi decoding (jacobi_n=%s): %d new tokens in %d forward passes, TPF %.2f",
+                    block_size, tokens, forwards, tokens / max(forwards, 1))  # fmt: skip
     if streamer is not None:
         streamer.end()
     sequences = decoded.input_ids if pace is None else pace.sequences(decoded)

@@ -30,7 +30,8 @@ def route_generate(
     """`jacobi_n` (and the rest of `JACOBI_KWARGS`: `jacobi_init`, `jacobi_seed`, ...) on top of `stock_generate`,
     the model's own `generate`; `jacobi_n=None` is stock `generate`.
 
-    `jacobi_n` may also come from `model.generation_config.jacobi_n` (a CLLM saved with hf_cllm carries it). A block
+    `jacobi_n` may also come from the `generation_config` passed, else from `model.generation_config.jacobi_n` (a CLLM
+    saved with hf_cllm carries it; as `generate` fills what a passed config leaves unset from the model's). A block
     size that comes from the config gives way to beam search and assisted decoding when those are asked for; one
     passed explicitly is checked and refused with them. Greedy decoding and sampling both go through Jacobi.
     A `compile_config` that asks for frozen weights (`hf_cllm.fast.compile_config`) gets them, Jacobi or not.
@@ -43,8 +44,10 @@ def route_generate(
 
 
 def _route(model, stock_generate, inputs, generation_config, *, jacobi_n, streamer, **kwargs):
-    jacobi_kwargs = {key: kwargs.pop(key) for key in JACOBI_KWARGS if key in kwargs}
     config = generation_config if generation_config is not None else model.generation_config
+    # Jacobi options come as arguments, else from the generation config (a server passes a request's settings so).
+    jacobi_kwargs = {key: kwargs.pop(key) if key in kwargs else getattr(config, key) for key in JACOBI_KWARGS
+                     if key in kwargs or getattr(config, key, None) is not None}  # fmt: skip
     if kwargs.get("custom_generate") is jacobi_generate:  # Jacobi asked for by name: the same as by `jacobi_n`
         kwargs.pop("custom_generate")
         jacobi_n = resolve_jacobi_n(jacobi_n, config) or DEFAULT_JACOBI_N
@@ -53,7 +56,7 @@ def _route(model, stock_generate, inputs, generation_config, *, jacobi_n, stream
             kwargs["jacobi_n"] = jacobi_n
         return stock_generate(inputs, generation_config, streamer=streamer, **jacobi_kwargs, **kwargs)
     explicit = jacobi_n is not None
-    jacobi_n = resolve_jacobi_n(jacobi_n, config)
+    jacobi_n = resolve_jacobi_n(jacobi_n, config if hasattr(config, "jacobi_n") else model.generation_config)
     if jacobi_n is None or (not explicit and _asks_for_another_mode(config, kwargs)):
         if jacobi_kwargs and jacobi_n is None:
             raise ValueError(f"{sorted(jacobi_kwargs)} only apply with `jacobi_n`: pass `jacobi_n` too.")

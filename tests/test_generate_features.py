@@ -379,6 +379,26 @@ def test_generation_config_object_carries_jacobi_n(model):
     assert out.iterations_per_block is not None and max(out.iterations_per_block[0]) <= 3
 
 
+def test_a_generation_config_without_jacobi_n_keeps_the_models_and_may_carry_the_other_options(model):
+    """As `generate` fills what a passed config leaves unset from the model's: a server passes each request's own
+    GenerationConfig, and a CLLM must still decode with its saved block size; `jacobi_*` options ride along."""
+    from hf_cllm import set_default_jacobi_n
+
+    set_default_jacobi_n(model, 3)
+    input_ids, _ = random_prompts(1, [5], seed=27)
+    reference = model.generate(input_ids=input_ids, max_new_tokens=12, jacobi_n=None, do_sample=False)
+    config = GenerationConfig(max_new_tokens=12, do_sample=False, pad_token_id=PAD, eos_token_id=EOS)
+    out = model.generate(input_ids=input_ids, generation_config=config, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, reference)
+    assert out.iterations_per_block is not None and max(out.iterations_per_block[0]) <= 3
+    config.jacobi_blocks = 2  # multi-block decoding has no per-block iteration counts
+    out = model.generate(input_ids=input_ids, generation_config=config, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, reference) and out.iterations_per_block is None
+    config.jacobi_blocks = 0
+    with pytest.raises(ValueError, match="jacobi_blocks"):
+        model.generate(input_ids=input_ids, generation_config=config)
+
+
 def test_returned_states_form_block_trajectories(model):
     input_ids, attention_mask = random_prompts(2, [5, 7], seed=28)
     reference = model.generate(

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "train": "hf_cllm.cli.train",
     "push": "hf_cllm.cli.push",
     "bench": "hf_cllm.cli.bench",
+    "serve": "hf_cllm.cli.serve",
 }
 
 
