@@ -29,13 +29,15 @@ from hf_cllm.cli.common import resolve_model_path
 from hf_cllm.fast import computes_bf16
 
 
-# (name, n, learning rate, AR weight, steps): AR weight 0 is the consistency loss alone.
+# (name, n, learning rate, AR weight, steps, trajectories): AR weight 0 is the consistency loss alone; trajectories
+# > 1 collects the question that many times with different random first guesses (more distinct states).
 GRID = [
-    ("cons_lr3e-4_n16", 16, 3e-4, 0.0, 60),
-    ("ar_cons_lr1e-4_n16", 16, 1e-4, 10.0, 300),
-    ("ar_cons_lr3e-4_n16", 16, 3e-4, 10.0, 300),
-    ("ar_cons_lr1e-3_n16", 16, 1e-3, 10.0, 300),
-    ("ar_cons_lr3e-4_n8", 8, 3e-4, 10.0, 300),
+    ("cons_lr3e-4_n16", 16, 3e-4, 0.0, 60, 1),
+    ("ar_cons_lr1e-4_n16", 16, 1e-4, 10.0, 300, 1),
+    ("ar_cons_lr3e-4_n16", 16, 3e-4, 10.0, 300, 1),
+    ("ar_cons_lr1e-3_n16", 16, 1e-3, 10.0, 300, 1),
+    ("ar_cons_lr3e-4_n8", 8, 3e-4, 10.0, 300, 1),
+    ("ar_cons_lr3e-4_n16_8traj", 16, 3e-4, 10.0, 300, 8),
 ]
 
 
@@ -82,16 +84,23 @@ class FitProbe(TrainerCallback):
             self.probe(state)
 
 
-def collect(model_path, tokenizer, data: str, question: int, jacobi_n: int, out: Path):
-    folder = out / f"traj_n{jacobi_n}"
+def collect(model_path, tokenizer, data: str, question: int, jacobi_n: int, out: Path, count: int = 1):
+    """The question's trajectory, `count` times with different seeds of the first guesses (one dataset)."""
+    from datasets import concatenate_datasets
+
     teacher = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     rows = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()][question : question + 1]
-    collect_trajectories(teacher, tokenizer, rows, jacobi_n=jacobi_n, max_new_tokens=128, output_dir=folder,
-                         task="gsm8k", shard_size=1)  # fmt: skip
-    return load_trajectories(folder)
+    parts = []
+    for seed in range(count):
+        folder = out / (f"traj_n{jacobi_n}" if seed == 0 else f"traj_n{jacobi_n}_seed{seed}")
+        collect_trajectories(teacher, tokenizer, rows, jacobi_n=jacobi_n, max_new_tokens=128, output_dir=folder,
+                             task="gsm8k", shard_size=1, seed=seed, progress=False)  # fmt: skip
+        parts.append(load_trajectories(folder))
+    return concatenate_datasets(parts)
 
 
 def train_one(name, jacobi_n, lr, ar_weight, steps, trajectories, model_path, tokenizer, out: Path, every: int):
+    """Train on the question's trajectories (batch 1: one trajectory, a random state per block, per step)."""
     folder = out / name
     history_file = folder / "history.json"
     if history_file.exists():
@@ -117,6 +126,30 @@ def train_one(name, jacobi_n, lr, ar_weight, steps, trajectories, model_path, to
     }  # fmt: skip
     history_file.write_text(json.dumps(history, indent=1))
     return history
+
+
+def final_probes(folder: Path, row: dict, jacobi_n: int) -> dict:
+    """The trained model's TPF on the question from the decoder's own random guesses (5 seeds) and from the first
+    guesses the training trajectory started from: if the second is high and the first is not, the losses, mask and
+    targets work, and what is missing is generalisation to guesses never trained on."""
+    from hf_cllm.collection import seeded_context_init
+
+    checkpoint = get_last_checkpoint(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    prompt = torch.tensor([row["prompt_ids"]])
+
+    def tpf(**init) -> float:
+        with torch.no_grad():
+            out = model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), custom_generate=jacobi_generate, jacobi_n=jacobi_n,
+                max_new_tokens=len(row["answer_ids"]), do_sample=False, return_dict_in_generate=True, pad_token_id=0,
+                **init,
+            )  # fmt: skip
+        return float(out.num_new_tokens[0] / out.num_forward_passes[0])
+
+    own = seeded_context_init([row["prompt_index"]], [prompt.shape[1]], prompt.shape[1], jacobi_n, seed=0)
+    return {"step": int(checkpoint.rsplit("-", 1)[1]), "tpf_random_guesses": [tpf(jacobi_seed=s) for s in range(5)],
+            "tpf_training_guesses": tpf(jacobi_init=own)}  # fmt: skip
 
 
 def plot(results: dict, path: Path):
@@ -154,13 +187,21 @@ def main(argv=None):
     model_path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     grid = [run for run in GRID if not args.runs or run[0] in args.runs]
-    sizes = {jacobi_n for _, jacobi_n, *_ in grid}
-    trajectories = {n: collect(model_path, tokenizer, args.data, args.question, n, args.out) for n in sizes}
+    data = {(n, count): collect(model_path, tokenizer, args.data, args.question, n, args.out, count)
+            for n, count in {(run[1], run[5]) for run in grid}}  # fmt: skip
     results = {}
-    for name, jacobi_n, lr, ar_weight, steps in grid:
+    for name, jacobi_n, lr, ar_weight, steps, count in grid:
         print(f"== {name}", flush=True)
-        results[name] = train_one(name, jacobi_n, lr, ar_weight, steps, trajectories[jacobi_n], model_path, tokenizer,
+        trajectories = data[jacobi_n, count]
+        results[name] = train_one(name, jacobi_n, lr, ar_weight, steps, trajectories, model_path, tokenizer,
                                   args.out, args.eval_every)  # fmt: skip
+        results[name]["trajectories"] = count
+        if "final" not in results[name]:
+            results[name]["final"] = final_probes(args.out / name, trajectories[0], jacobi_n)
+            (args.out / name / "history.json").write_text(json.dumps(results[name], indent=1))
+        final = results[name]["final"]
+        print(f"   final TPF from random guesses {', '.join(f'{t:.2f}' for t in final['tpf_random_guesses'])}; "
+              f"from the training trajectory's own first guesses {final['tpf_training_guesses']:.2f}", flush=True)
         last = results[name]["probes"][-1]
         print(f"   step {last['step']}: TPF {last['fit_tpf']:.2f}, answer kept {last['fit_answer_prefix']:.0%}",
               flush=True)
