@@ -82,15 +82,18 @@ def serving_folder(model: str, jacobi_n: int | str | None = None, root: str | os
 
 
 def check_request(body: bytes) -> None:
-    """Refuse (ValueError) a request whose `generation_config` field sets an invalid `jacobi_n`."""
+    """Refuse (ValueError) a request whose `generation_config` field sets an invalid `jacobi_n`. Anything else (not
+    JSON, no such field, a field that is not valid JSON) is left to the server, which answers it itself."""
     from .decoding import validate_jacobi_n
 
-    request = json.loads(body or b"{}")
-    settings = request.get("generation_config") if isinstance(request, dict) else None
-    if isinstance(settings, str):
-        settings = json.loads(settings)
-        if isinstance(settings, dict) and settings.get("jacobi_n") is not None:
-            validate_jacobi_n(settings["jacobi_n"])
+    try:
+        request = json.loads(body or b"{}")
+        settings = request.get("generation_config") if isinstance(request, dict) else None
+        settings = json.loads(settings) if isinstance(settings, str) else None
+    except ValueError:  # e.g. an audio upload (multipart), or a malformed field: not ours to judge
+        return
+    if isinstance(settings, dict) and settings.get("jacobi_n") is not None:
+        validate_jacobi_n(settings["jacobi_n"])
 
 
 def serve(folder: str | os.PathLike, name: str, *, host: str = "localhost", port: int = 8000, dtype: str = "auto",
@@ -110,7 +113,7 @@ def serve(folder: str | os.PathLike, name: str, *, host: str = "localhost", port
     decoding_log.setLevel(logging.INFO)
 
     class _Server(Serve):
-        """`transformers serve`, built but not started, so the app gets one more exception handler first."""
+        """`transformers serve`, built but not started, so hf_cllm's error handling joins the app first."""
 
         def start_server(self):
             pass

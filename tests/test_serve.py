@@ -159,6 +159,16 @@ def test_a_bad_jacobi_n_is_a_400_with_the_reason_and_the_server_keeps_serving(se
     assert complete(client, PROMPTS[2]).choices[0].text == greedy(PROMPTS[2])
 
 
+def test_only_a_bad_jacobi_n_is_judged_before_the_server():
+    from hf_cllm.serving import check_request
+
+    with pytest.raises(ValueError, match="jacobi_n"):
+        check_request(json.dumps({"generation_config": json.dumps({"jacobi_n": 0})}).encode())
+    for body in (b"", b"--multipart-boundary--", b'{"prompt": "hi"}', b'{"generation_config": "{not json"}',
+                 json.dumps({"generation_config": json.dumps({"jacobi_n": "auto"})}).encode()):
+        check_request(body)  # left to the server
+
+
 def test_eight_concurrent_requests_are_all_answered_correctly(server, greedy):
     client, _, _ = server
     with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
