@@ -98,9 +98,15 @@ _SETTINGS_MARKER = "hf_cllm collection settings: "
 
 
 def recorded_settings(dataset) -> dict | None:
-    """The collection settings a dataset was loaded with (`load_trajectories`), or None when they are unknown."""
+    """The collection settings a dataset was loaded with (`load_trajectories`), or None when they are unknown. Rows
+    of several collections joined with `datasets.concatenate_datasets` (whose descriptions it joins with a blank
+    line) give the settings they all share: a key on which they differ is left out."""
     description = getattr(getattr(dataset, "info", None), "description", None) or ""
-    return json.loads(description[len(_SETTINGS_MARKER) :]) if description.startswith(_SETTINGS_MARKER) else None
+    recorded = [json.loads(chunk[len(_SETTINGS_MARKER) :]) for chunk in description.split("\n\n")
+                if chunk.startswith(_SETTINGS_MARKER)]  # fmt: skip
+    if not recorded:
+        return None
+    return {key: value for key, value in recorded[0].items() if all(other.get(key) == value for other in recorded)}
 
 
 def mixed_seed(*parts) -> int:
@@ -178,6 +184,9 @@ def collected_block_size(dataset) -> int | None:
         longest_state = max([longest_state, *map(len, states)])
         longest_answer = max(longest_answer, len(answer))
     recorded = recorded_settings(dataset)
+    if recorded is not None and "jacobi_n" not in recorded:
+        raise ValueError("the rows were collected with different jacobi_n (several collections joined): train on rows "
+                         "of one block size")  # fmt: skip
     if recorded is not None:
         if longest_state > recorded["jacobi_n"]:
             raise ValueError(

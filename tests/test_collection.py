@@ -220,6 +220,20 @@ def test_loaded_rows_carry_the_recorded_block_size(teacher, tmp_path, collect):
     assert trajectories.collected_block_size(unrecorded) < N  # the rows alone mislead: why the record comes first
 
 
+def test_collections_joined_with_concatenate_datasets_keep_what_they_share(teacher, tmp_path, collect):
+    """Two seeds of one collection joined (`datasets.concatenate_datasets`): the block size they share is still
+    known; rows of two block sizes are refused by name."""
+    from datasets import concatenate_datasets
+
+    joined = concatenate_datasets([collect(teacher, tmp_path / f"seed{seed}", max_new_tokens=3, seed=seed)
+                                   for seed in (0, 1)])  # fmt: skip
+    assert trajectories.collected_block_size(joined) == N
+    assert trajectories.validate_trajectories(joined, "rows", jacobi_n=N, need_labels=False, skip_degenerate=True)
+    other = collect(teacher, tmp_path / "n2", max_new_tokens=3, jacobi_n=2)
+    with pytest.raises(ValueError, match="different jacobi_n"):
+        trajectories.collected_block_size(concatenate_datasets([joined, other]))
+
+
 def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path, tiny_tokenizer, collect):
     data = tmp_path / "gsm8k.jsonl"
     data.write_text(
