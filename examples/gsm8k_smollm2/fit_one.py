@@ -5,7 +5,8 @@
 Collects the Jacobi trajectory of one GSM8K train question (n=16 and n=8, float32 teacher, 128 new tokens), then
 trains the base model on it alone with `CLLMTrainer` (the CLLM recipe: every state of a block drawn at random,
 global consistency to the fixed point, `hard_ce`), for each run of a small grid: consistency loss alone and with the
-AR loss, learning rates 1e-4 / 3e-4 / 1e-3, n=16 and n=8. Every `--eval-every` steps the model Jacobi-decodes the
+AR loss, learning rates 1e-4 / 3e-4 / 1e-3, n=16 and n=8, and 8 trajectories of the question (different first
+guesses) instead of one. Every `--eval-every` steps the model Jacobi-decodes the
 question (float32, so the output is its own greedy output) and the script records TPF and how much of the
 memorised answer it reproduces (common prefix with the recorded answer). If TPF on one memorised question does not
 pass 2, something in the loss, mask or targets is wrong: a defect, not a compute limit.
