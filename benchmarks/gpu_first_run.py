@@ -347,11 +347,11 @@ def summarise_measure(items, models, prompts, rows, tokenizer, benchmark, device
 
 
 def _degenerate(tokens: list[int]) -> bool:
-    run = longest = 1
-    for previous, token in zip(tokens, tokens[1:]):
-        run = run + 1 if token == previous else 1
-        longest = max(longest, run)
-    return longest >= 10 or (len(tokens) >= 40 and len(set(tokens[-40:])) <= 4)
+    """The pilot's definition (examples/gsm8k_smollm2/compare.py): a run of >= 10 identical tokens, or <= 4 distinct
+    tokens among the last 40."""
+    from hf_cllm.collection import longest_run
+
+    return longest_run(tokens) >= 10 or (len(tokens) >= 40 and len(set(tokens[-40:])) <= 4)
 
 
 def markdown(summary: dict) -> str:

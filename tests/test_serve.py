@@ -51,25 +51,33 @@ def model_folder(tmp_path_factory, memorizing_model):
     return folder
 
 
+def start_serving(folder, cache, log, *options):
+    """`hf-cllm serve FOLDER` in a subprocess on a free port, its output in `log`; returned once it answers /health:
+    (process, port)."""
+    port = free_port()
+    env = {**os.environ, "HF_CLLM_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "hf_cllm", "serve", str(folder), "--port", str(port),
+                                    *options], stdout=handle, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://localhost:{port}/health", timeout=2)
+            return process, port
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"the server did not start:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server(model_folder, tmp_path_factory):
     """`hf-cllm serve` on the folder: yields (openai client, its log file); stopped with SIGINT at the end."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "HF_CLLM_CACHE": str(tmp_path_factory.mktemp("cache")), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "hf_cllm", "serve", str(model_folder), "--port", str(port),
-               "--dtype", "float32", "--device", "cpu", "--jacobi-n", "4"]  # fmt: skip
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    process, port = start_serving(model_folder, tmp_path_factory.mktemp("cache"), log,
+                                  "--dtype", "float32", "--device", "cpu", "--jacobi-n", "4")  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://localhost:{port}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the server did not start:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
         client = openai.OpenAI(base_url=f"http://localhost:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         yield client, log, process
     finally:
@@ -178,22 +186,11 @@ def test_eight_concurrent_requests_are_all_answered_correctly(server, greedy):
 
 def test_the_server_shuts_down_cleanly(model_folder, tmp_path):
     """SIGINT (Ctrl-C) stops a serving process with exit status 0, and quickly."""
-    port = free_port()
-    env = {**os.environ, "HF_CLLM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hf_cllm", "serve", str(model_folder), "--port", str(port), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://localhost:{port}/health", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
-            time.sleep(0.5)
+    log = tmp_path / "server.log"
+    process, _ = start_serving(model_folder, tmp_path / "cache", log, "--device", "cpu")
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=30)
+    process.wait(timeout=30)
+    output = log.read_text()
     assert process.returncode == 0, output[-3000:]
     assert f"model='{NAME}'" in output
 

@@ -59,7 +59,7 @@ class FitProbe(TrainerCallback):
         self.trainer, self.probe_model, self.jacobi_n, self.every = trainer, probe_model, jacobi_n, every
         self.prompt, self.answer = prompt, answer
 
-    def probe(self, state):
+    def probe(self):
         # A plain float32 copy of the weights: under bf16 mixed precision accelerate wraps the trained model's forward
         # in autocast, and the probe must decode exactly (Jacobi output = the model's own greedy output).
         model = self.probe_model
@@ -78,11 +78,11 @@ class FitProbe(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:
-            self.probe(state)
+            self.probe()
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
-            self.probe(state)
+            self.probe()
 
 
 def collect(model_path, tokenizer, data: str, question: int, jacobi_n: int, out: Path, count: int = 1):
