@@ -148,10 +148,20 @@ def load_trajectories(output_dir):
     return datasets.Dataset(InMemoryTable(table), info=info)
 
 
-def load_trajectory_source(source: str):
-    """A collected folder, a parquet/jsonl/json file, or a Hub dataset id -> a Dataset of trajectory rows."""
+def load_trajectory_source(source):
+    """A collected folder, a parquet/jsonl/json file, or a Hub dataset id -> a Dataset of trajectory rows. Several
+    sources (a list, or one string with commas: the same prompts collected with different `--seed`s, say) are joined
+    with `datasets.concatenate_datasets`; their recorded settings must agree on the block size."""
     import datasets
 
+    sources = [part.strip() for part in source.split(",")] if isinstance(source, str) else list(source)
+    if len(sources) > 1 or not sources:
+        if not all(sources):
+            raise ValueError(
+                f"{source!r}: an empty trajectory source; give folders, files or Hub ids separated by commas"
+            )
+        return datasets.concatenate_datasets([load_trajectory_source(part) for part in sources])
+    source = sources[0]
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / SETTINGS_FILE).is_file():

@@ -232,6 +232,14 @@ def test_collections_joined_with_concatenate_datasets_keep_what_they_share(teach
     other = collect(teacher, tmp_path / "n2", max_new_tokens=3, jacobi_n=2)
     with pytest.raises(ValueError, match="different jacobi_n"):
         trajectories.collected_block_size(concatenate_datasets([joined, other]))
+    # `hf-cllm train --trajectories seed0,seed1` (or a YAML list) loads the same join
+    named = trajectories.load_trajectory_source(f"{tmp_path / 'seed0'}, {tmp_path / 'seed1'}")
+    assert named.num_rows == joined.num_rows and named["states"] == joined["states"]
+    assert trajectories.collected_block_size(named) == N
+    listed = trajectories.load_trajectory_source([str(tmp_path / "seed0"), str(tmp_path / "seed1")])
+    assert listed["prompt_index"] == joined["prompt_index"]
+    with pytest.raises(ValueError, match="empty trajectory source"):
+        trajectories.load_trajectory_source(f"{tmp_path / 'seed0'},")
 
 
 def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path, tiny_tokenizer, collect):

@@ -523,11 +523,32 @@ def test_train_command_line_errors(toy_folders, tmp_path, capsys):
         ("--trajectories", str(empty)): "holds no collected trajectories",
         ("--distance", "l2", *data): "distance must be one of 'forward_kl', 'reverse_kl', 'jsd', 'hard_ce'; got 'l2'",
         ("--no_such_flag", "3", *data): "not used by the HfArgumentParser: ['--no_such_flag', '3']",
+        ("--resume_from_checkpoint", str(tmp_path / "nowhere"), *data): "no such checkpoint folder; give one, or true",
     }
     for arguments, message in cases.items():
         assert main(["train", *common, *arguments]) == 2, arguments
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_one_train_command_starts_and_resumes(toy_folders, tmp_path):
+    """`--resume_from_checkpoint true` (a string on the command line) starts afresh when --output_dir has no
+    checkpoint yet and resumes from the newest one when it has: rerunning the same command continues a long run."""
+    import json
+
+    from hf_cllm.cli import main
+
+    model_dir, trajectories = toy_folders
+    out = tmp_path / "run"
+    command = ["train", "--model_name_or_path", str(model_dir / "model"), "--trajectories", trajectories,
+               "--output_dir", str(out), "--jacobi_n", str(N), "--per_device_train_batch_size", "4", "--use_cpu",
+               "true", "--report_to", "none", "--save_steps", "2", "--logging_steps", "1", "--tpf_eval_prompts", "0",
+               "--resume_from_checkpoint", "true"]  # fmt: skip
+    assert main([*command, "--max_steps", "2"]) == 0
+    assert (out / "checkpoint-2").is_dir()
+    assert main([*command, "--max_steps", "4"]) == 0
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert [log["step"] for log in history if "ar_loss" in log] == [1, 2, 3, 4]  # steps 1-2 kept, 3-4 added
 
 
 def test_two_processes_under_accelerate_train(toy_folders, tmp_path):
@@ -564,7 +585,7 @@ def test_the_gsm8k_smollm2_example_configs_parse():
 
     folder = Path(__file__).parent.parent / "examples" / "gsm8k_smollm2"
     parsed = {}
-    for name in ("full", "lora", "jacobi_forcing"):
+    for name in ("full", "lora", "jacobi_forcing", "fast"):
         parsed[name] = parser().parse_args_and_config(["--config", str(folder / f"{name}.yaml"), "--use_cpu", "true"])
     (_, full, full_model), (_, lora, lora_model) = parsed["full"], parsed["lora"]
     forcing = parsed["jacobi_forcing"][1]
@@ -573,6 +594,9 @@ def test_the_gsm8k_smollm2_example_configs_parse():
     assert (full.jacobi_n, full.ar_target, full.tpf_eval_prompts) == (16, "labels", 4)
     assert not full_model.use_peft and lora_model.use_peft and lora_model.lora_r == 32
     assert full.output_dir == "runs/gsm8k/full" and lora.output_dir == "runs/gsm8k/lora"
+    script, fast, _ = parsed["fast"]
+    assert (fast.recipe, fast.distance, fast.learning_rate, fast.bf16) == ("cllm", "hard_ce", 1e-3, True)
+    assert len(script.trajectories.split(",")) == 3
 
 
 def test_a_model_path_and_no_tokenizer_loads_both(toy_folders, toy_trajectories, tmp_path):

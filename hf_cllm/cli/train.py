@@ -19,6 +19,7 @@ float32. (--dtype is TRL's: the dtype the weights are loaded in.)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .common import CLIError
@@ -34,7 +35,10 @@ class TrainScriptArguments:
 
     trajectories: str = field(
         default=None,
-        metadata={"help": "Training trajectories: a `hf-cllm collect` folder, a .parquet/.jsonl file or a Hub id."},
+        metadata={
+            "help": "Training trajectories: a `hf-cllm collect` folder, a .parquet/.jsonl file or a Hub id; several "
+            "(e.g. the same prompts collected with different --seed) separated by commas are joined."
+        },
     )
     eval_trajectories: str | None = field(
         default=None, metadata={"help": "Held-out trajectories for eval loss and eval_tpf (same forms)."}
@@ -59,8 +63,6 @@ def parser():
 def with_native_precision(arguments: list[str]) -> list[str]:
     """The arguments, plus `--bf16 true` where the device computes bfloat16 natively and the user chose no mixed
     precision (neither flag, nor a key of the --config file, nor `accelerate launch --mixed_precision`)."""
-    import os
-
     import torch
 
     from ..fast import computes_bf16
@@ -74,8 +76,10 @@ def with_native_precision(arguments: list[str]) -> list[str]:
                 chosen |= set(yaml.safe_load(handle) or {}) & {"bf16", "fp16"}
         except (OSError, yaml.YAMLError, TypeError):
             pass  # TRL's parser names the problem
-    if chosen or os.environ.get("ACCELERATE_MIXED_PRECISION") or not computes_bf16(
-        "cuda" if torch.cuda.is_available() else "cpu"
+    if (
+        chosen
+        or os.environ.get("ACCELERATE_MIXED_PRECISION")
+        or not computes_bf16("cuda" if torch.cuda.is_available() else "cpu")
     ):
         return arguments
     return [*arguments, "--bf16", "true"]
@@ -87,6 +91,21 @@ def run(args) -> int:
     except ValueError as error:  # a flag no parser knows, or a value CLLMConfig refuses
         raise CLIError(" ".join(str(error).split()) + " (`hf-cllm train --help` lists the flags)") from None
     return train(script_args, config, model_args)
+
+
+def checkpoint_to_resume(value: str | None, output_dir: str) -> str | None:
+    """`--resume_from_checkpoint` as the command line gives it (a string): `true` resumes from the newest checkpoint
+    in --output_dir, or starts afresh when there is none yet, so one command both starts and resumes a long run;
+    `false` starts afresh; anything else is a checkpoint folder."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is None or value.lower() == "false":
+        return None
+    if value.lower() == "true":
+        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(value):
+        raise CLIError(f"--resume_from_checkpoint {value}: no such checkpoint folder; give one, or true/false")
+    return value
 
 
 def _check_writable(folder: str) -> None:
@@ -116,6 +135,7 @@ def train(script_args, config, model_args) -> int:
     if not 0 <= script_args.eval_fraction < 1:
         raise CLIError(f"--eval_fraction must be in [0, 1), got {script_args.eval_fraction}")
     _check_writable(config.output_dir)
+    checkpoint = checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir)
     try:
         train_dataset = load_trajectory_source(script_args.trajectories)
         eval_dataset = load_trajectory_source(script_args.eval_trajectories) if script_args.eval_trajectories else None
@@ -148,7 +168,7 @@ def train(script_args, config, model_args) -> int:
         )
     except (ValueError, TypeError) as error:
         raise CLIError(str(error)) from None
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(config.output_dir)
     if config.push_to_hub:
         trainer.push_to_hub()
