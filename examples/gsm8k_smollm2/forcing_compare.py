@@ -2,16 +2,22 @@
 
     python examples/gsm8k_smollm2/forcing_compare.py --models runs/gsm8k/jacobi_forcing --data gsm8k/test.jsonl \
         --limit 32 --blocks 1 2
+    # on the CPU fast path: every model in bfloat16, n=8 and n=16
+    python examples/gsm8k_smollm2/forcing_compare.py --models runs/gsm8k/fast --data gsm8k/test.jsonl \
+        --dtype bfloat16 --ns 8 16 --blocks 1 2 --entry fast_path --tag fast --output-dir runs/gsm8k/fast_eval
 
-Per GSM8K test question, back to back at batch 1 (fp32, 256 new tokens): the base model's greedy AR and
-`jacobi_n="auto"`; then for every trained model its greedy AR, Jacobi n=16 with each `--blocks` value, and
-`"auto"`. Forward passes are counted by a hook; outputs are checked against the same model's greedy output. Quality:
+Per GSM8K test question, back to back at batch 1 (`--dtype`, default fp32; 256 new tokens): the base model's greedy
+AR and `jacobi_n="auto"`; then for every trained model its greedy AR, Jacobi n=16 (each `--ns`) with each `--blocks`
+value, and `"auto"`. Forward passes are counted by a hook; outputs are checked against the same model's greedy output
+(exact in fp32; in bf16 a window may round a near-tie the other way, so each first divergence is given with the top-2
+logit gap of the greedy run's logits there, from one forward over the prompt and greedy answer). Quality:
 GSM8K accuracy, degenerate answers, looping answers (>= 30 % of tokens in an 8-gram said before; their TPF comes
 from copying, so TPF is also given without them), and the mean NLL per token of the base's greedy answers under each
 model. Every question is one line of `<output-dir>/items.jsonl` (rerun to resume).
-Writes `<results>_<tag>.json` with every figure, adds `base_auto` and `jacobi_forcing` (the best trained model with
-its best decoding) to `<results>.json` and these runs' held-out TPF over training to its `forcing_curves`, and plots
-those curves beside the CLLM runs' into `<results>_forcing_tpf_over_steps.png`.
+Writes `<results>_<tag>.json` with every figure, adds `base_auto` and `<entry>` (the best trained model with its best
+decoding; both with a `_<dtype>` suffix when it is not float32) to `<results>.json` and these runs' held-out TPF over
+training to its `forcing_curves` (`<entry>_curves` for another entry), and plots
+those curves beside the CLLM runs' into `<results>_<tag>_tpf_over_steps.png`.
 """
 
 from __future__ import annotations
@@ -28,37 +34,54 @@ from transformers import AutoTokenizer
 
 from hf_cllm.bench import get_benchmark
 from hf_cllm.cli.common import resolve_model_path
+from hf_cllm.fast import resolve_dtype
 from hf_cllm.modeling import eos_token_ids
 from hf_cllm.prompts import tokenize_prompts
 from hf_cllm.speed import timed_generate
 
 
-def methods_of(blocks: list[int]) -> list[tuple[str, dict]]:
+def methods_of(blocks: list[int], ns: tuple[int, ...] = (16,)) -> list[tuple[str, dict]]:
     return (
         [("AR", {})]
-        + [(f"n16 blocks={k}", {"jacobi_n": 16, "jacobi_blocks": k}) for k in blocks]
+        + [(f"n{n} blocks={k}", {"jacobi_n": n, "jacobi_blocks": k}) for n in ns for k in blocks]
         + [("auto", {"jacobi_n": "auto"})]
     )
+
+
+@torch.no_grad()
+def tie_gap(model, prompt: list[int], greedy: list[int], index: int) -> float | None:
+    """The top-2 logit gap of `model` before greedy token `index` (one forward over prompt and greedy answer)."""
+    if index >= len(greedy):
+        return None
+    logits = model(input_ids=torch.tensor([prompt + greedy[:index]])).logits[0, -1].float()
+    top = logits.topk(2).values
+    return float(top[0] - top[1])
 
 
 @torch.no_grad()
 def answer_nll(model, prompt: list[int], answer: list[int]) -> tuple[float, int]:
     """Summed NLL of `answer` after `prompt` under `model`, and its token count."""
     ids = torch.tensor([prompt + answer])
-    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # in the model's dtype, read as fp32
     return float(torch.nn.functional.cross_entropy(logits, ids[0, len(prompt) :], reduction="sum")), len(answer)
 
 
-def measure(models: dict, prompt: list[int], row: dict, blocks: list[int], max_new_tokens: int, eos) -> dict:
-    """One question: every model's runs back to back, then the NLL of the base's greedy answer under each."""
+def measure(models: dict, prompt: list[int], row: dict, methods: list, max_new_tokens: int, eos) -> dict:
+    """One question: every model's runs back to back, then the NLL of the base's greedy answer under each and, for
+    every run that left its model's greedy output, where (`first_difference`) and the greedy logits' top-2 gap."""
     inputs = {"input_ids": torch.tensor([prompt]), "attention_mask": torch.ones(1, len(prompt), dtype=torch.long)}
     common = dict(max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)
     record = {"question": row["question"], "models": {}}
     for name, model in models.items():
         runs = {}
-        for method, extra in methods_of(blocks) if name != "base" else [("AR", {}), ("auto", {"jacobi_n": "auto"})]:
+        for method, extra in methods if name != "base" else [("AR", {}), ("auto", {"jacobi_n": "auto"})]:
             run = timed_generate(model, inputs, eos, **common, **extra)
             runs[method] = {"tokens": run.tokens.tolist(), "seconds": run.seconds, "forwards": run.forwards}
+        for run in runs.values():
+            greedy, tokens = runs["AR"]["tokens"], run["tokens"]
+            index = next((i for i, (a, b) in enumerate(zip(tokens, greedy)) if a != b), min(len(tokens), len(greedy)))
+            if tokens != greedy:
+                run["first_difference"] = [index, tie_gap(model, prompt, greedy, index)]
         record["models"][name] = runs
     base_answer = record["models"]["base"]["AR"]["tokens"]
     for name, model in models.items():
@@ -85,6 +108,7 @@ def summarise(items: list[dict], name: str, method: str, tokenizer, rows: list[d
         "speedup": statistics.median(per_token(a) / per_token(r) for r, a in zip(runs, ar)),
         "speedup_vs_base_auto": statistics.median(per_token(b) / per_token(r) for r, b in zip(runs, base_auto)),
         "identical": sum(r["tokens"] == a["tokens"] for r, a in zip(runs, ar)),
+        "first_differences": [r["first_difference"] for r in runs if "first_difference" in r],  # [index, gap]
         "degenerate": sum(is_degenerate(r["tokens"]) for r in runs),
         "repeated_share": statistics.mean(shares),
         "looping": len(runs) - len(fresh),
@@ -103,6 +127,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--blocks", type=int, nargs="*", default=[1, 2], help="jacobi_blocks values for n=16 (none: only greedy, auto)"
     )
+    parser.add_argument("--ns", type=int, nargs="+", default=[16], help="block sizes n for the trained models")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="every model's dtype (auto: bf16 where the CPU computes it natively)")  # fmt: skip
+    parser.add_argument("--entry", default="jacobi_forcing", help="<results>.json key of the best trained run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", default="runs/gsm8k/forcing_eval")
     parser.add_argument("--results", default="docs/results", help="reads/updates <results>.json")
@@ -116,14 +144,17 @@ def main(argv=None) -> int:
     prompts, _ = tokenize_prompts([gsm8k.prompt_row(r, chat=True) for r in rows], tokenizer, "gsm8k", True, None,
                                   args.max_new_tokens)  # fmt: skip
     paths = {Path(p).name: p for p in args.models}
+    dtype = resolve_dtype(args.dtype)
     models = {"base": load(args.base, base_path)} | {name: load(path, base_path) for name, path in paths.items()}
+    models = {name: model.to(dtype) for name, model in models.items()}
+    methods = methods_of(args.blocks, tuple(args.ns))
     eos = eos_token_ids(models["base"])
     warm = {
         "input_ids": torch.tensor([prompts[0]]),
         "attention_mask": torch.ones(1, len(prompts[0]), dtype=torch.long),
     }
     for model in models.values():  # warm-up, and where "auto" measures its forward costs once
-        for _, extra in methods_of(args.blocks):
+        for _, extra in methods:
             timed_generate(model, warm, eos, max_new_tokens=8, do_sample=False, return_dict_in_generate=True, **extra)
 
     out = Path(args.output_dir)
@@ -131,16 +162,16 @@ def main(argv=None) -> int:
     log = out / "items.jsonl"
     items = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for index in range(len(items), len(rows)):
-        items.append(measure(models, prompts[index], rows[index], args.blocks, args.max_new_tokens, eos))
+        items.append(measure(models, prompts[index], rows[index], methods, args.max_new_tokens, eos))
         with log.open("a") as handle:
             handle.write(json.dumps(items[-1]) + "\n")
         print(f"[{index + 1}/{len(rows)}]", file=sys.stderr, flush=True)
 
-    summary = {"settings": vars(args) | {"command": " ".join(sys.argv)}, "models": {}}
+    summary = {"settings": vars(args) | {"command": " ".join(sys.argv), "dtype": str(dtype)[6:]}, "models": {}}
     for name in models:
-        methods = ["AR", "auto"] if name == "base" else [m for m, _ in methods_of(args.blocks)]
+        names = ["AR", "auto"] if name == "base" else [m for m, _ in methods]
         nll, count = (sum(item["models"][name]["nll_of_base_answer"][i] for item in items) for i in (0, 1))
-        summary["models"][name] = {m: summarise(items, name, m, tokenizer, rows) for m in methods}
+        summary["models"][name] = {m: summarise(items, name, m, tokenizer, rows) for m in names}
         summary["models"][name]["nll_of_base_answers"] = nll / count
         summary["models"][name]["tpf_over_steps"] = tpf_curve(Path(paths[name])) if name in paths else []
     print(
@@ -156,11 +187,11 @@ def main(argv=None) -> int:
                       f"{f['identical']}/{f['items']} | {f['degenerate']}/{f['items']} | "
                       f"{f['looping']}/{f['items']} | {f['repeated_share']:.2f} |")  # fmt: skip
         print(f"| {name} | NLL of the base's greedy answers | {entry['nll_of_base_answers']:.3f} per token |")
-    write(summary, Path(args.results), args.tag)
+    write(summary, Path(args.results), args.tag, args.entry)
     return 0
 
 
-def write(summary: dict, stem: Path, tag: str) -> None:
+def write(summary: dict, stem: Path, tag: str, entry: str) -> None:
     """`<stem>_<tag>.json`, the new top-level entries and curves of `<stem>.json`, and the TPF-over-steps plot."""
     import matplotlib
 
@@ -175,10 +206,12 @@ def write(summary: dict, stem: Path, tag: str) -> None:
     name, method, best = max(trained, key=lambda t: t[2]["tokens_per_s"])
     results_path = stem.with_suffix(".json")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["base_auto"] = {k: summary["models"]["base"]["auto"][k] for k in fields}
-    results["jacobi_forcing"] = {k: best[k] for k in fields} | {"run": name, "decoding": method}
-    curves = results.setdefault("forcing_curves", {})
-    curves.update({run: e["tpf_over_steps"] for run, e in summary["models"].items() if e["tpf_over_steps"]})
+    dtype = summary["settings"]["dtype"]
+    suffix = "" if dtype == "float32" else f"_{dtype}"
+    results[f"base_auto{suffix}"] = {k: summary["models"]["base"]["auto"][k] for k in fields} | {"dtype": dtype}
+    results[f"{entry}{suffix}"] = {k: best[k] for k in fields} | {"run": name, "decoding": method, "dtype": dtype}
+    runs = {run: e["tpf_over_steps"] for run, e in summary["models"].items() if e["tpf_over_steps"]}
+    results.setdefault("forcing_curves" if entry == "jacobi_forcing" else f"{entry}_curves", {}).update(runs)
     results_path.write_text(json.dumps(results, indent=2) + "\n")
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -187,14 +220,14 @@ def write(summary: dict, stem: Path, tag: str) -> None:
             axis.plot(
                 [p["step"] for p in curve], [p["tpf"] for p in curve], marker="o", label=f"CLLM recipe ({label})"
             )
-    for label, curve in curves.items():
+    for label, curve in (results.get("forcing_curves", {}) if entry == "jacobi_forcing" else runs).items():
         axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="s", label=label)
-    axis.set_xlabel("training step (batch 1, one epoch of 248–264 questions)")
-    axis.set_ylabel("TPF, n=16 (4 held-out prompts)")
-    axis.set_title("CLLM vs Jacobi Forcing recipe, equal compute")
+    axis.set_xlabel("training step (batch 1)")
+    axis.set_ylabel("eval_tpf, n=16 (4 held-out prompts)")
+    axis.set_title("held-out TPF over training: the CLLM runs of 2026-11-26 and these")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(f"{stem}_forcing_tpf_over_steps.png", dpi=120)
+    figure.savefig(f"{stem}_{tag}_tpf_over_steps.png", dpi=120)
 
 
 if __name__ == "__main__":
