@@ -155,11 +155,9 @@ def load_trajectory_source(source):
     import datasets
 
     sources = [part.strip() for part in source.split(",")] if isinstance(source, str) else list(source)
-    if len(sources) > 1 or not sources:
-        if not all(sources):
-            raise ValueError(
-                f"{source!r}: an empty trajectory source; give folders, files or Hub ids separated by commas"
-            )
+    if not sources or not all(sources):
+        raise ValueError(f"{source!r}: an empty trajectory source; give folders, files or Hub ids separated by commas")
+    if len(sources) > 1:
         return datasets.concatenate_datasets([load_trajectory_source(part) for part in sources])
     source = sources[0]
     path = Path(source).expanduser()

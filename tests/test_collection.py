@@ -240,6 +240,8 @@ def test_collections_joined_with_concatenate_datasets_keep_what_they_share(teach
     assert listed["prompt_index"] == joined["prompt_index"]
     with pytest.raises(ValueError, match="empty trajectory source"):
         trajectories.load_trajectory_source(f"{tmp_path / 'seed0'},")
+    with pytest.raises(ValueError, match="empty trajectory source"):
+        trajectories.load_trajectory_source([])
 
 
 def test_gsm8k_jsonl_with_gold_labels(teacher, tmp_path, tiny_tokenizer, collect):
