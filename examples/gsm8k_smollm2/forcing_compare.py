@@ -16,8 +16,8 @@ from copying, so TPF is also given without them), and the mean NLL per token of 
 model. Every question is one line of `<output-dir>/items.jsonl` (rerun to resume).
 Writes `<results>_<tag>.json` with every figure, adds `base_auto` and `<entry>` (the best trained model with its best
 decoding; both with a `_<dtype>` suffix when it is not float32) to `<results>.json` and these runs' held-out TPF over
-training to its `forcing_curves` (`<entry>_curves` for another entry), and plots
-those curves beside the CLLM runs' into `<results>_<tag>_tpf_over_steps.png`.
+training to its `forcing_curves` (`<entry>_curves` for another entry), and plots those curves beside the CLLM runs'
+into `<results>_<tag>_tpf_over_steps.png`.
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def measure(models: dict, prompt: list[int], row: dict, methods: list, max_new_t
         for method, extra in methods if name != "base" else [("AR", {}), ("auto", {"jacobi_n": "auto"})]:
             run = timed_generate(model, inputs, eos, **common, **extra)
             runs[method] = {"tokens": run.tokens.tolist(), "seconds": run.seconds, "forwards": run.forwards}
-        for run in runs.values():
-            greedy, tokens = runs["AR"]["tokens"], run["tokens"]
-            index = next((i for i, (a, b) in enumerate(zip(tokens, greedy)) if a != b), min(len(tokens), len(greedy)))
-            if tokens != greedy:
-                run["first_difference"] = [index, tie_gap(model, prompt, greedy, index)]
+        greedy = runs["AR"]["tokens"]
+        for run in (run for run in runs.values() if run["tokens"] != greedy):
+            pairs = enumerate(zip(run["tokens"], greedy))
+            index = next((i for i, (a, b) in pairs if a != b), min(len(run["tokens"]), len(greedy)))
+            run["first_difference"] = [index, tie_gap(model, prompt, greedy, index)]
         record["models"][name] = runs
     base_answer = record["models"]["base"]["AR"]["tokens"]
     for name, model in models.items():
@@ -125,7 +125,11 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument(
-        "--blocks", type=int, nargs="*", default=[1, 2], help="jacobi_blocks values for n=16 (none: only greedy, auto)"
+        "--blocks",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="jacobi_blocks values for each --ns (none: only greedy, auto)",
     )
     parser.add_argument("--ns", type=int, nargs="+", default=[16], help="block sizes n for the trained models")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
@@ -167,7 +171,10 @@ def main(argv=None) -> int:
             handle.write(json.dumps(items[-1]) + "\n")
         print(f"[{index + 1}/{len(rows)}]", file=sys.stderr, flush=True)
 
-    summary = {"settings": vars(args) | {"command": " ".join(sys.argv), "dtype": str(dtype)[6:]}, "models": {}}
+    summary = {
+        "settings": vars(args) | {"command": " ".join(sys.argv), "dtype": str(dtype).removeprefix("torch.")},
+        "models": {},
+    }
     for name in models:
         names = ["AR", "auto"] if name == "base" else [m for m, _ in methods]
         nll, count = (sum(item["models"][name]["nll_of_base_answer"][i] for item in items) for i in (0, 1))
@@ -210,8 +217,8 @@ def write(summary: dict, stem: Path, tag: str, entry: str) -> None:
     suffix = "" if dtype == "float32" else f"_{dtype}"
     results[f"base_auto{suffix}"] = {k: summary["models"]["base"]["auto"][k] for k in fields} | {"dtype": dtype}
     results[f"{entry}{suffix}"] = {k: best[k] for k in fields} | {"run": name, "decoding": method, "dtype": dtype}
-    runs = {run: e["tpf_over_steps"] for run, e in summary["models"].items() if e["tpf_over_steps"]}
-    results.setdefault("forcing_curves" if entry == "jacobi_forcing" else f"{entry}_curves", {}).update(runs)
+    curves = results.setdefault("forcing_curves" if entry == "jacobi_forcing" else f"{entry}_curves", {})
+    curves.update({run: e["tpf_over_steps"] for run, e in summary["models"].items() if e["tpf_over_steps"]})
     results_path.write_text(json.dumps(results, indent=2) + "\n")
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -220,7 +227,7 @@ def write(summary: dict, stem: Path, tag: str, entry: str) -> None:
             axis.plot(
                 [p["step"] for p in curve], [p["tpf"] for p in curve], marker="o", label=f"CLLM recipe ({label})"
             )
-    for label, curve in (results.get("forcing_curves", {}) if entry == "jacobi_forcing" else runs).items():
+    for label, curve in curves.items():
         axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="s", label=label)
     axis.set_xlabel("training step (batch 1)")
     axis.set_ylabel("eval_tpf, n=16 (4 held-out prompts)")
