@@ -133,18 +133,24 @@ class NgramGuesses:
             guesses = torch.where(take[:, None] & (offsets < available[:, None]), tokens, guesses)
             found = torch.where(take, available, found)
             source = torch.where(take, size, source)
-        # the pool: the most recently stored n-gram whose key is the row's last token
+        values, available, hit = self.pool_lookup(input_ids, k)
+        take = (found == 0) & hit
+        guesses = torch.where(take[:, None], values, guesses)
+        found = torch.where(take, available, found)
+        source = torch.where(take, 0, source)
+        return guesses, found, source
+
+    def pool_lookup(self, input_ids, k: int):
+        """The pool's guesses for each row: the most recently stored n-gram whose key is the row's last token
+        (guesses [B, k], -1 where there is none; how many leading guesses [B]; whether the pool had the key [B])."""
+        batch, device = input_ids.shape[0], input_ids.device
         pool_size = self.pool_keys.shape[1]
         hit = self.pool_keys == input_ids[:, -1:]
         age = (self.pool_next - 1 - torch.arange(pool_size, device=device)) % pool_size
         newest = torch.where(hit, pool_size - age, 0).argmax(-1)
         values = self.pool_values[torch.arange(batch, device=device), newest][:, :k]
         values = torch.nn.functional.pad(values, (0, k - values.shape[1]), value=-1)
-        take = (found == 0) & hit.any(-1)
-        guesses = torch.where(take[:, None], values, guesses)
-        found = torch.where(take, (values >= 0).long().cumprod(-1).sum(-1), found)
-        source = torch.where(take, 0, source)
-        return guesses, found, source
+        return values, (values >= 0).long().cumprod(-1).sum(-1), hit.any(-1)
 
     def __call__(self, input_ids, attention_mask, k: int) -> torch.LongTensor:
         guesses, _, _ = self.lookup(input_ids, attention_mask, k)
@@ -349,21 +355,51 @@ class FullWindows:
     `width - 1` guesses, since an empty slot costs as much as a guess. Per position: the n-gram guess for the context
     (`NgramGuesses`: prompt lookup, then the pool of earlier predictions) where there is one, else the previous
     window's prediction there (after its accepted tokens: a Jacobi iteration, which converges as blocks do), else a
-    guess from `jacobi_init`. No fixed blocks: the window slides on by what each forward accepts."""
+    guess from `jacobi_init`. No fixed blocks: the window slides on by what each forward accepts.
 
-    def __init__(self, width: int, ngram: NgramGuesses):
-        self.width, self.ngram = width, ngram
+    Where a row's last token alone matches in its context and the pool holds a continuation too, the row takes the
+    source whose guesses were accepted more recently (a decaying mean of accepted guesses, per row): one matching
+    token is weak evidence, and which source predicts better differs between texts (code repeats the prompt's
+    names, prose the model's own phrases). Everything stays on the device: no host sync."""
+
+    def __init__(self, width: int, ngram: NgramGuesses, decay: float = 0.9):
+        self.width, self.ngram, self.decay = width, ngram, decay
+        self.accepted = None  # [B, 2]: recent accepted guesses per window from the pool (0) and a 1-token match (1)
+        self.chosen = None  # [B]: the source of each row's guesses in the window just run (-1: neither of the two)
+        self.guessed = None  # [B]: how many of its guesses came from there
 
     def next_guesses(self, input_ids, attention_mask, window, pred, keep: int):
         self.ngram.observe(window, pred, keep)
         count = self.width - 1
         if count <= 0:
             return input_ids[:, :0]
-        guesses, found, _ = self.ngram.lookup(input_ids, attention_mask, count)
+        self._credit(keep)
+        guesses, found, source = self.ngram.lookup(input_ids, attention_mask, count)
+        pooled, pooled_found, in_pool = self.ngram.pool_lookup(input_ids, count)
+        switch = (source == 1) & in_pool & (self.accepted[:, 0] > self.accepted[:, 1])
+        guesses = torch.where(switch[:, None], pooled, guesses)
+        found = torch.where(switch, pooled_found, found)
+        source = torch.where(switch, 0, source)
+        self.chosen, self.guessed = torch.where((source == 0) | (source == 1), source, -1), found
         iterated = pred[:, keep:-1][:, :count]  # the Jacobi iteration's guesses for the same positions
         fresh = self.ngram.fallback(input_ids, attention_mask, count - iterated.shape[1])
         position = torch.arange(count, device=pred.device)
         return torch.where(position < found[:, None], guesses, torch.cat([iterated, fresh], dim=1))
+
+    def _credit(self, keep: int) -> None:
+        """Fold the guesses the last window accepted (`keep` - 1, at most as many as came from its source) into
+        that source's decaying mean."""
+        if self.accepted is None:
+            self.accepted = torch.ones(self.ngram.pool_keys.shape[0], 2, device=self.ngram.pool_keys.device)
+        if self.chosen is None:
+            return
+        right = self.guessed.clamp(max=keep - 1).float()
+        for source in (0, 1):
+            update = ((self.chosen == source) & (self.guessed > 0))[:, None]
+            mean = self.accepted[:, source : source + 1]
+            self.accepted[:, source : source + 1] = torch.where(
+                update, self.decay * mean + (1 - self.decay) * right[:, None], mean
+            )
 
 
 _MEASURED_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

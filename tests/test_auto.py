@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from tiny import ARCHITECTURES, random_prompts
 
 from hf_cllm import jacobi_generate
-from hf_cllm.windows import NgramGuesses, measure_costs
+from hf_cllm.windows import FullWindows, NgramGuesses, measure_costs
 
 
 # Relative cost of a forward over 1 … 16 new tokens: measured on a 2-core CPU (steep) and a GPU-like flat one.
@@ -104,6 +104,21 @@ def test_lookup_takes_the_latest_longest_match_then_the_pool():
     ngram.observe(window, pred, keep=1)
     guesses, found, source = ngram.lookup(ids, mask, 4)
     assert guesses[1].tolist() == [43, -1, -1, -1] and int(found[1]) == 1 and int(source[1]) == 0
+
+
+def test_full_windows_take_the_source_whose_guesses_were_accepted_more():
+    fallback = lambda ids, mask, k: torch.full((ids.shape[0], k), 99)  # noqa: E731
+    planner = FullWindows(4, NgramGuesses(1, "cpu", fallback, max_ngram=3, pool_size=8, span=4))
+    ids = torch.tensor([[6, 4, 4, 7, 6]])  # the last token, 6, alone matches earlier: 4 4 7 followed it
+    # a window's rejected positions fill the pool: after a 6 the model predicted 8 8 8
+    guesses = planner.next_guesses(ids, None, torch.tensor([[1, 6, 2, 3]]), torch.tensor([[5, 8, 8, 8]]), keep=1)
+    assert guesses.tolist() == [[4, 4, 7]]  # no evidence yet: the context match, as `NgramGuesses.lookup` ranks it
+    # none of the context match's guesses was accepted: the pool's turn
+    guesses = planner.next_guesses(ids, None, torch.tensor([[6, 4, 4, 7]]), torch.tensor([[9, 9, 9, 9]]), keep=1)
+    assert guesses.tolist() == [[8, 8, 8]]
+    # nor the pool's: both are as good again, and the context match wins the tie
+    guesses = planner.next_guesses(ids, None, torch.tensor([[6, 8, 8, 8]]), torch.tensor([[9, 9, 9, 9]]), keep=1)
+    assert guesses.tolist() == [[4, 4, 7]]
 
 
 def test_pool_memory_stays_bounded(rule_model):
