@@ -364,7 +364,8 @@ class FullWindows:
 
     def __init__(self, width: int, ngram: NgramGuesses, decay: float = 0.9):
         self.width, self.ngram, self.decay = width, ngram, decay
-        self.accepted = None  # [B, 2]: recent accepted guesses per window from the pool (0) and a 1-token match (1)
+        # [B, 2]: recent accepted guesses per window from the pool (0) and a 1-token match (1); priors equal
+        self.accepted = torch.ones(ngram.pool_keys.shape[0], 2, device=ngram.pool_keys.device)
         self.chosen = None  # [B]: the source of each row's guesses in the window just run (-1: neither of the two)
         self.guessed = None  # [B]: how many of its guesses came from there
 
@@ -389,8 +390,6 @@ class FullWindows:
     def _credit(self, keep: int) -> None:
         """Fold the guesses the last window accepted (`keep` - 1, at most as many as came from its source) into
         that source's decaying mean."""
-        if self.accepted is None:
-            self.accepted = torch.ones(self.ngram.pool_keys.shape[0], 2, device=self.ngram.pool_keys.device)
         if self.chosen is None:
             return
         right = self.guessed.clamp(max=keep - 1).float()
