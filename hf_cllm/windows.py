@@ -108,9 +108,10 @@ class NgramGuesses:
         self.pool_values[:, slots] = values[:, -count:]
         self.pool_next = (self.pool_next + count) % pool_size
 
-    def lookup(self, input_ids, attention_mask, k: int):
+    def lookup(self, input_ids, attention_mask, k: int, prefer_pool=None):
         """(guesses [B, k] with -1 where there is none, how many leading guesses each row has [B], and where they
-        come from [B]: the size of the matched n-gram, 0 for the pool, -1 for nowhere)."""
+        come from [B]: the size of the matched n-gram, 0 for the pool, -1 for nowhere). Rows of `prefer_pool` [B]
+        take the pool's guesses over a match of one token."""
         batch, width = input_ids.shape
         device = input_ids.device
         guesses = torch.full((batch, k), -1, dtype=torch.long, device=device)
@@ -134,7 +135,8 @@ class NgramGuesses:
             found = torch.where(take, available, found)
             source = torch.where(take, size, source)
         values, available, hit = self.pool_lookup(input_ids, k)
-        take = (found == 0) & hit
+        weak = (source == 1) & prefer_pool if prefer_pool is not None else False
+        take = ((found == 0) | weak) & hit
         guesses = torch.where(take[:, None], values, guesses)
         found = torch.where(take, available, found)
         source = torch.where(take, 0, source)
@@ -364,10 +366,12 @@ class FullWindows:
 
     def __init__(self, width: int, ngram: NgramGuesses, decay: float = 0.9):
         self.width, self.ngram, self.decay = width, ngram, decay
+        batch, device = ngram.pool_keys.shape[0], ngram.pool_keys.device
         # [B, 2]: recent accepted guesses per window from the pool (0) and a 1-token match (1); priors equal
-        self.accepted = torch.ones(ngram.pool_keys.shape[0], 2, device=ngram.pool_keys.device)
-        self.chosen = None  # [B]: the source of each row's guesses in the window just run (-1: neither of the two)
-        self.guessed = None  # [B]: how many of its guesses came from there
+        self.accepted = torch.ones(batch, 2, device=device)
+        # [B]: the source of each row's guesses in the window just run (-1: neither of the two), and how many
+        self.chosen = torch.full((batch,), -1, dtype=torch.long, device=device)
+        self.guessed = torch.zeros(batch, dtype=torch.long, device=device)
 
     def next_guesses(self, input_ids, attention_mask, window, pred, keep: int):
         self.ngram.observe(window, pred, keep)
@@ -375,13 +379,9 @@ class FullWindows:
         if count <= 0:
             return input_ids[:, :0]
         self._credit(keep)
-        guesses, found, source = self.ngram.lookup(input_ids, attention_mask, count)
-        pooled, pooled_found, in_pool = self.ngram.pool_lookup(input_ids, count)
-        switch = (source == 1) & in_pool & (self.accepted[:, 0] > self.accepted[:, 1])
-        guesses = torch.where(switch[:, None], pooled, guesses)
-        found = torch.where(switch, pooled_found, found)
-        source = torch.where(switch, 0, source)
-        self.chosen, self.guessed = torch.where((source == 0) | (source == 1), source, -1), found
+        prefer_pool = self.accepted[:, 0] > self.accepted[:, 1]
+        guesses, found, source = self.ngram.lookup(input_ids, attention_mask, count, prefer_pool)
+        self.chosen, self.guessed = torch.where(source <= 1, source, -1), found
         iterated = pred[:, keep:-1][:, :count]  # the Jacobi iteration's guesses for the same positions
         fresh = self.ngram.fallback(input_ids, attention_mask, count - iterated.shape[1])
         position = torch.arange(count, device=pred.device)
@@ -390,15 +390,9 @@ class FullWindows:
     def _credit(self, keep: int) -> None:
         """Fold the guesses the last window accepted (`keep` - 1, at most as many as came from its source) into
         that source's decaying mean."""
-        if self.chosen is None:
-            return
-        right = self.guessed.clamp(max=keep - 1).float()
-        for source in (0, 1):
-            update = ((self.chosen == source) & (self.guessed > 0))[:, None]
-            mean = self.accepted[:, source : source + 1]
-            self.accepted[:, source : source + 1] = torch.where(
-                update, self.decay * mean + (1 - self.decay) * right[:, None], mean
-            )
+        right = self.guessed.clamp(max=keep - 1).float()[:, None]
+        update = (self.chosen[:, None] == torch.arange(2, device=right.device)) & (self.guessed[:, None] > 0)
+        self.accepted = torch.where(update, self.decay * self.accepted + (1 - self.decay) * right, self.accepted)
 
 
 _MEASURED_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
