@@ -266,12 +266,14 @@ def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path, ti
     script.write_text(
         textwrap.dedent(f"""
         import sys
+        from accelerate import PartialState
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from hf_cllm.collection import collect_trajectories
         model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}).eval()
         tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r})
         collect_trajectories(model, tokenizer, {PROMPTS!r}, jacobi_n={N}, max_new_tokens=18, output_dir=sys.argv[1],
                              batch_size=3, shard_size=2, progress=False)
+        PartialState().destroy_process_group()  # as docs/trajectories.md asks of a launched script
     """)
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .common import CLIError, add_model_arguments, load_model_and_tokenizer, positive_int
+from .common import CLIError, add_model_arguments, end_processes, load_model_and_tokenizer, positive_int
 
 
 HELP = "collect Jacobi trajectories (the training data of consistency distillation) into parquet shards"
@@ -66,4 +66,5 @@ def run(args) -> int:
         raise CLIError(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process
         print(f"{len(rows)} prompts, {sum(len(b) for b in rows['state_block'])} states in {args.output_dir}")
+    end_processes()
     return 0

@@ -159,3 +159,13 @@ def encode_prompt(tokenizer, text: str, chat: bool, device):
     else:
         inputs = tokenizer(text, return_tensors="pt")
     return {key: value.to(device) for key, value in inputs.items()}
+
+
+def end_processes() -> None:
+    """Destroy the process group after a successful multi-process run (`accelerate launch`, torchrun). Left alive,
+    gloo's worker threads meet interpreter shutdown and now and then abort the process ("terminate called without
+    an active exception", SIGABRT) after all the work is saved; on failure it is left alone (a peer may wait)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -128,7 +128,7 @@ def train(script_args, config, model_args) -> int:
     from ..assets import EMBEDDED_MODEL_NAME
     from ..trainer import CLLMTrainer
     from ..trajectories import load_trajectory_source
-    from .common import resolve_model_path
+    from .common import end_processes, resolve_model_path
 
     if not script_args.trajectories:
         raise CLIError("--trajectories is required: a `hf-cllm collect` output folder, a parquet file or a Hub id")
@@ -175,4 +175,5 @@ def train(script_args, config, model_args) -> int:
     if trainer.is_world_process_zero():
         precision = "bfloat16 autocast" if config.bf16 else "float16 autocast" if config.fp16 else "float32"
         print(f"Saved the CLLM to {config.output_dir} (jacobi_n={config.jacobi_n}, trained in {precision})")
+    end_processes()
     return 0
