@@ -273,7 +273,8 @@ def test_two_processes_under_accelerate_give_the_same_rows(teacher, tmp_path, ti
         tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r})
         collect_trajectories(model, tokenizer, {PROMPTS!r}, jacobi_n={N}, max_new_tokens=18, output_dir=sys.argv[1],
                              batch_size=3, shard_size=2, progress=False)
-        PartialState().destroy_process_group()  # as docs/trajectories.md asks of a launched script
+        PartialState().wait_for_everyone()  # as docs/trajectories.md asks of a launched script
+        PartialState().destroy_process_group()
     """)
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
