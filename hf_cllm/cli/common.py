@@ -166,7 +166,8 @@ def end_processes() -> None:
     process group. Left alive, gloo's worker threads meet interpreter shutdown and now and then abort a process
     ("terminate called without an active exception", SIGABRT) after its work is saved; destroyed without the barrier
     while a peer still works, they did so in 4 of 12 two-process DDP runs here (0 of 12 with it). Not called on
-    failure: a peer may be waiting."""
+    failure: a peer may be waiting. torch's own barrier, not accelerate's `PartialState.wait_for_everyone()`: that
+    one passes `device_ids` for DeepSpeed, and with it one of 3 ZeRO-3 runs aborted here (0 of 8 with this)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
