@@ -4,7 +4,8 @@ The GGUF file is converted once into a normal transformers folder under the Hugg
 plain `from_pretrained` calls (under 2 s instead of ~30 s of dequantisation). The conversion writes into a temporary
 sibling folder and renames it into place only when complete, so an interrupted run leaves nothing a later run trusts,
 and under a file lock, so processes started together (`accelerate launch`) convert once and never delete a folder
-another process is loading.
+another process is loading. Whichever of those processes converts, it converts in a fresh Python process: in an
+initialised torch.distributed group `save_pretrained` writes only on rank 0.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -71,8 +74,9 @@ def sha256_of(path: Path) -> str:
 
 
 def is_complete(folder: Path) -> bool:
-    """A converted folder is trusted only once the conversion has marked it complete."""
-    return (folder / _COMPLETE_MARKER).is_file()
+    """A converted folder is trusted only once the conversion has marked it complete and its config is there (an
+    earlier hf_cllm could mark a folder whose weights a rank other than 0 had not written)."""
+    return (folder / _COMPLETE_MARKER).is_file() and (folder / "config.json").is_file()
 
 
 def embedded_model_dir(convert=None) -> Path:
@@ -94,7 +98,9 @@ def embedded_model_dir(convert=None) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_NAME}-", dir=target.parent))
         os.chmod(staging, 0o755)
         try:
-            (convert or convert_gguf)(gguf, staging)
+            (convert or convert_gguf_in_fresh_process)(gguf, staging)
+            if not (staging / "config.json").is_file():
+                raise RuntimeError(f"converting {gguf} wrote no config.json into {staging}")
             (staging / _COMPLETE_MARKER).write_text(EMBEDDED_GGUF_SHA256 + "\n")
             if target.exists():  # an earlier, interrupted conversion: never trusted, so replace it
                 shutil.rmtree(target)
@@ -104,11 +110,19 @@ def embedded_model_dir(convert=None) -> Path:
     return target
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+def convert_gguf_in_fresh_process(gguf_path: Path, out_dir: Path) -> None:
+    """`convert_gguf` in a child Python process, free of the caller's torch.distributed state (`accelerate launch`:
+    the converting rank may not be rank 0, and `save_pretrained` would then write no weights)."""
+    code = "import sys; from hf_cllm.assets import convert_gguf; convert_gguf(*sys.argv[1:])"
+    subprocess.run([sys.executable, "-c", code, str(gguf_path), str(out_dir)], check=True)
+
+
+def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> None:
     """Dequantise a GGUF checkpoint into a float32 safetensors folder with its tokenizer and generation config."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf_path = Path(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
