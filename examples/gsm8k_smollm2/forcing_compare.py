@@ -231,7 +231,7 @@ def write(summary: dict, stem: Path, tag: str, entry: str) -> None:
         axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="s", label=label)
     axis.set_xlabel("training step (batch 1)")
     axis.set_ylabel("eval_tpf, n=16 (4 held-out prompts)")
-    axis.set_title("held-out TPF over training: the CLLM runs of 2026-11-26 and these")
+    axis.set_title("held-out TPF over training: CLLM runs of 2026-11-26 and these", fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(f"{stem}_{tag}_tpf_over_steps.png", dpi=120)
