@@ -215,23 +215,26 @@ def write(summary: dict, stem: Path, tag: str, entry: str) -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     dtype = summary["settings"]["dtype"]
     suffix = "" if dtype == "float32" else f"_{dtype}"
-    results[f"base_auto{suffix}"] = {k: summary["models"]["base"]["auto"][k] for k in fields} | {"dtype": dtype}
-    results[f"{entry}{suffix}"] = {k: best[k] for k in fields} | {"run": name, "decoding": method, "dtype": dtype}
+    base_auto = {k: summary["models"]["base"]["auto"][k] for k in fields} | {"dtype": dtype}
+    results[f"base_auto{suffix}"] = base_auto
+    nll = {who: summary["models"][run]["nll_of_base_answers"] for who, run in (("base", "base"), ("trained", name))}
+    results[f"{entry}{suffix}"] = {k: best[k] for k in fields} | {
+        "run": name, "decoding": method, "dtype": dtype, "speedup_vs_base_auto": best["speedup_vs_base_auto"],
+        "base_auto_same_run": base_auto, "nll_of_base_answers": nll,
+    }  # fmt: skip
     curves = results.setdefault("forcing_curves" if entry == "jacobi_forcing" else f"{entry}_curves", {})
     curves.update({run: e["tpf_over_steps"] for run, e in summary["models"].items() if e["tpf_over_steps"]})
     results_path.write_text(json.dumps(results, indent=2) + "\n")
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    for label, curve in results.get("curves", {}).items():
-        if label in ("full", "lr3e-4") and curve:
-            axis.plot(
-                [p["step"] for p in curve], [p["tpf"] for p in curve], marker="o", label=f"CLLM recipe ({label})"
-            )
+    earlier = {label: curve for label, curve in results.get("curves", {}).items() if label in ("full", "lr3e-4")}
+    for label, curve in earlier.items():
+        axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="o", label=f"CLLM recipe ({label})")
     for label, curve in curves.items():
         axis.plot([p["step"] for p in curve], [p["tpf"] for p in curve], marker="s", label=label)
     axis.set_xlabel("training step (batch 1)")
     axis.set_ylabel("eval_tpf, n=16 (4 held-out prompts)")
-    axis.set_title("held-out TPF over training: CLLM runs of 2026-11-26 and these", fontsize=9)
+    axis.set_title("held-out TPF over training" + (": CLLM runs of 2026-11-26 and these" if earlier else ""), size=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(f"{stem}_{tag}_tpf_over_steps.png", dpi=120)
