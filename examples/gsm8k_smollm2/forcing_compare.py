@@ -215,13 +215,20 @@ def write(summary: dict, stem: Path, tag: str, entry: str) -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     dtype = summary["settings"]["dtype"]
     suffix = "" if dtype == "float32" else f"_{dtype}"
-    base_auto = {k: summary["models"]["base"]["auto"][k] for k in fields} | {"dtype": dtype}
+    models = summary["models"]
+    base_auto = {k: models["base"]["auto"][k] for k in fields} | {"dtype": dtype}
     results[f"base_auto{suffix}"] = base_auto
-    nll = {who: summary["models"][run]["nll_of_base_answers"] for who, run in (("base", "base"), ("trained", name))}
     results[f"{entry}{suffix}"] = {k: best[k] for k in fields} | {
-        "run": name, "decoding": method, "dtype": dtype, "speedup_vs_base_auto": best["speedup_vs_base_auto"],
-        "base_auto_same_run": base_auto, "nll_of_base_answers": nll,
-    }  # fmt: skip
+        "run": name,
+        "decoding": method,
+        "dtype": dtype,
+        "speedup_vs_base_auto": best["speedup_vs_base_auto"],
+        "base_auto_same_run": base_auto,
+        "nll_of_base_answers": {
+            "base": models["base"]["nll_of_base_answers"],
+            "trained": models[name]["nll_of_base_answers"],
+        },
+    }
     curves = results.setdefault("forcing_curves" if entry == "jacobi_forcing" else f"{entry}_curves", {})
     curves.update({run: e["tpf_over_steps"] for run, e in summary["models"].items() if e["tpf_over_steps"]})
     results_path.write_text(json.dumps(results, indent=2) + "\n")
